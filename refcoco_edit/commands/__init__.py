@@ -1,0 +1,1 @@
+"""One module per `refcoco-edit` subcommand: `register(subparsers)` and `run(args) -> int`."""
