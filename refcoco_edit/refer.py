@@ -1,0 +1,510 @@
+"""The RefCOCO data layer: reads the REFER layout and indexes it.
+
+Layout (as the RefCOCO family ships it)::
+
+    ROOT/<dataset>/refs(<split_by>).p     Python 2 pickle: list of refs
+    ROOT/<dataset>/instances.json         COCO instances of the referred images
+    ROOT/images/mscoco/images/train2014/  the COCO images (or any folder given as `images`)
+
+The indexes are the REFER API's (refs, anns, images, categories, image->refs, image->anns,
+ref->ann, ann->ref, category->refs, sentence->ref) but built column-wise: each id column is pulled
+out once into a numpy array; id look-ups are binary searches over the sorted ids and one-to-many
+groupings are slices of one stable sort order. The build runs in C loops instead of one Python
+dict append per record, and holds a few arrays instead of a dict entry per record (see
+benchmarks/refer_index.py). The sentence index is built on first use: most work goes from a ref to
+its sentences, which the ref itself holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.safe_pickle import gc_paused, safe_load
+
+log = logging.getLogger(__name__)
+
+# Which split_by each published dataset has; other dataset names accept whatever refs files exist.
+KNOWN_SPLIT_BYS: dict[str, tuple[str, ...]] = {
+    "refcoco": ("unc", "google"),
+    "refcoco+": ("unc",),
+    "refcocog": ("google", "umd"),
+    "refclef": ("unc", "berkeley"),
+}
+DEFAULT_IMAGE_SUBDIR = Path("images/mscoco/images/train2014")
+SAMPLE_ALIAS = "sample"
+
+
+def refs_path(root: Path, dataset: str, split_by: str) -> Path:
+    return Path(root) / dataset / f"refs({split_by}).p"
+
+
+def resolve_root(root: Path | str) -> Path:
+    """`sample` names the bundled RefShapes copy; anything else is a folder."""
+    if str(root) == SAMPLE_ALIAS:
+        from refcoco_edit.refshapes import sample_root
+
+        return sample_root()
+    return Path(root)
+
+
+def infer_dataset(root: Path, dataset: str | None, split_by: str | None) -> tuple[str, str]:
+    """Fill in `dataset` and `split_by` when the root holds exactly one choice of each."""
+    if not root.is_dir():
+        raise DataError(f"RefCOCO root not found: {root}")
+    if dataset is None:
+        found = sorted(p.parent.name for p in root.glob("*/instances.json"))
+        if len(found) != 1:
+            raise InputError(
+                f"{root}: give --dataset; "
+                + (f"found {', '.join(found)}" if found else "no <dataset>/instances.json under it")
+            )
+        dataset = found[0]
+    if split_by is None:
+        found = sorted(p.name[5:-3] for p in (root / dataset).glob("refs(*).p"))
+        if len(found) != 1:
+            raise InputError(
+                f"{root / dataset}: give --split-by; "
+                + (f"found {', '.join(found)}" if found else "no refs(<split_by>).p in it")
+            )
+        split_by = found[0]
+    return dataset, split_by
+
+
+def load_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, "rb") as f, gc_paused():
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise DataError(f"{path}: not readable as JSON: {exc.__class__.__name__}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class _Grouping:
+    """key -> positions of the records that have it: one stable argsort, sliced on look-up."""
+
+    keys: np.ndarray  # sorted unique keys
+    starts: np.ndarray  # starts[i]:starts[i+1] slices `order` for keys[i]
+    order: np.ndarray  # record positions sorted by key
+
+    @classmethod
+    def build(cls, column: np.ndarray) -> _Grouping:
+        order = np.argsort(column, kind="stable")
+        sorted_keys = column[order]
+        if len(sorted_keys):
+            first = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+        else:
+            first = np.zeros(0, np.int64)
+        return cls(sorted_keys[first], np.append(first, len(column)), order)
+
+    def positions(self, key: int) -> np.ndarray:
+        i = int(np.searchsorted(self.keys, key))
+        if i == len(self.keys) or self.keys[i] != key:
+            return self.order[:0]
+        return self.order[self.starts[i] : self.starts[i + 1]]
+
+    def counts(self) -> dict[int, int]:
+        return dict(zip(self.keys.tolist(), np.diff(self.starts).tolist()))
+
+
+@dataclass
+class _IdIndex:
+    """id -> record position by binary search over the sorted ids (no per-record dict entries)."""
+
+    ids: np.ndarray  # sorted ids
+    order: np.ndarray | None  # record position of each sorted id; None when records come sorted by id
+
+    @classmethod
+    def build(cls, ids: np.ndarray, source: str, what: str) -> _IdIndex:
+        if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
+            return cls(ids, None)
+        order = np.argsort(ids, kind="stable")
+        ids_sorted = ids[order]
+        dup = np.flatnonzero(ids_sorted[1:] == ids_sorted[:-1])
+        if len(dup):
+            raise DataError(f"{source}: duplicate {what} id {int(ids_sorted[dup[0]])}")
+        return cls(ids_sorted, order)
+
+    def find(self, values: np.ndarray) -> np.ndarray:
+        """Record positions of `values`, -1 where an id is absent."""
+        i = np.searchsorted(self.ids, values)
+        i_clip = np.minimum(i, max(len(self.ids) - 1, 0))
+        hit = (i < len(self.ids)) & (self.ids[i_clip] == values) if len(self.ids) else np.zeros(len(values), bool)
+        pos = i_clip if self.order is None else self.order[i_clip]
+        return np.where(hit, pos, -1)
+
+    def position(self, key: Any) -> int:
+        try:
+            key = int(key)
+        except (TypeError, ValueError):
+            return -1
+        i = int(np.searchsorted(self.ids, key))
+        if i == len(self.ids) or int(self.ids[i]) != key:
+            return -1
+        return i if self.order is None else int(self.order[i])
+
+
+def _columns(records: Sequence[dict], keys: tuple[str, ...], source: str, what: str) -> np.ndarray:
+    """The integer fields `keys` of every record as an (n, len(keys)) array, in one pass over the records."""
+    n, k = len(records), len(keys)
+    try:
+        if k == 1:
+            flat = np.fromiter(map(itemgetter(keys[0]), records), np.int64, n)
+        else:
+            flat = np.fromiter(chain.from_iterable(map(itemgetter(*keys), records)), np.int64, n * k)
+    except KeyError:
+        missing = next(key for r in records for key in keys if key not in r)
+        raise DataError(f"{source}: a {what} has no '{missing}' field") from None
+    except (TypeError, ValueError, OverflowError):
+        if not all(isinstance(r, dict) for r in records):
+            raise DataError(f"{source}: a {what} is not an object") from None
+        raise DataError(f"{source}: a {what} has an id field ({', '.join(keys)}) that is not an integer") from None
+    return flat.reshape(n, k)
+
+
+def _require_list(obj: Any, key: str, source: str) -> list[dict]:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise DataError(f"{source}: expected a list of objects under '{key}'")
+    return value
+
+
+@dataclass
+class _SentenceIndex:
+    """sentence id -> sentence and owning ref; built on first use, since most work goes ref -> sentences."""
+
+    sentences: list[dict]
+    ids: _IdIndex
+    owners: np.ndarray  # ref position of each sentence
+
+
+@dataclass
+class RefCOCO:
+    """One RefCOCO-family dataset (one `split_by`) with REFER-style indexes."""
+
+    dataset: str
+    split_by: str
+    refs: list[dict]
+    anns: list[dict]
+    images: list[dict]
+    categories: list[dict]
+    image_dir: Path | None = None
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self._build_indexes()
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        root: Path | str,
+        dataset: str | None = None,
+        split_by: str | None = None,
+        images: Path | str | None = None,
+    ) -> RefCOCO:
+        """Read `ROOT/<dataset>/refs(<split_by>).p` and `instances.json`; images from `images` or the REFER folder."""
+        root = resolve_root(root)
+        dataset, split_by = infer_dataset(root, dataset, split_by)
+        known = KNOWN_SPLIT_BYS.get(dataset)
+        if known is not None and split_by not in known:
+            raise InputError(f"dataset {dataset} has no split_by '{split_by}'; it has: {', '.join(known)}")
+        ds_dir = root / dataset
+        if not ds_dir.is_dir():
+            raise DataError(f"dataset folder not found: {ds_dir}")
+        rpath = refs_path(root, dataset, split_by)
+        if not rpath.is_file():
+            have = sorted(p.name for p in ds_dir.glob("refs(*).p"))
+            raise DataError(f"refs file not found: {rpath}" + (f" (found: {', '.join(have)})" if have else ""))
+        refs = safe_load(rpath)
+        if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+            raise DataError(f"{rpath}: expected a list of refs (dicts)")
+        ipath = ds_dir / "instances.json"
+        instances = load_json(ipath, "instances file")
+        image_dir = Path(images) if images is not None else root / DEFAULT_IMAGE_SUBDIR
+        return cls(
+            dataset=dataset,
+            split_by=split_by,
+            refs=refs,
+            anns=_require_list(instances, "annotations", str(ipath)),
+            images=_require_list(instances, "images", str(ipath)),
+            categories=_require_list(instances, "categories", str(ipath)),
+            image_dir=image_dir,
+            source=str(ds_dir),
+        )
+
+    def _build_indexes(self) -> None:
+        """Column-wise: pull each id column out once, then sort and search (see module docstring)."""
+        src = self.source
+        has_cat = all("category_id" in r for r in self.refs[:1])
+        ref_cols = _columns(self.refs, ("ref_id", "ann_id", "image_id") + (("category_id",) if has_cat else ()), src, "ref")
+        ann_cols = _columns(self.anns, ("id", "image_id"), src, "annotation")
+        self._ref_ids = ref_cols[:, 0].copy()
+        self._refs = _IdIndex.build(self._ref_ids, src, "ref")
+        self._anns = _IdIndex.build(ann_cols[:, 0].copy(), src, "annotation")
+        self._imgs = _IdIndex.build(_columns(self.images, ("id",), src, "image")[:, 0], src, "image")
+        self._cats = _IdIndex.build(_columns(self.categories, ("id",), src, "category")[:, 0], src, "category")
+
+        ref_anns, ref_imgs = ref_cols[:, 1].copy(), ref_cols[:, 2].copy()
+        # every ref must point at an annotation and an image that exist
+        self._ref_ann_pos = self._check_members(self._anns.find(ref_anns), ref_anns, "ann_id", "annotation")
+        self._check_members(self._imgs.find(ref_imgs), ref_imgs, "image_id", "image")
+        self._ann_to_ref = _IdIndex.build(ref_anns, src, "referred annotation")
+
+        # a ref's category: its own field (REFER has it), else its annotation's
+        if has_cat:
+            ref_cats = ref_cols[:, 3].copy()
+        else:
+            anns = self.anns
+            ref_cats = np.array([anns[p]["category_id"] for p in self._ref_ann_pos.tolist()], dtype=np.int64)
+        try:
+            splits = list(map(itemgetter("split"), self.refs))
+        except KeyError:
+            raise DataError(f"{src}: a ref has no 'split' field") from None
+        try:
+            codes = {name: i for i, name in enumerate(sorted(set(splits)))}
+        except TypeError:
+            raise DataError(f"{src}: a ref's 'split' is not a string") from None
+        self._split_names = list(codes)
+        self._by_split = _Grouping.build(np.fromiter(map(codes.__getitem__, splits), np.int64, len(splits)))
+        self._by_image = _Grouping.build(ref_imgs)
+        self._by_category = _Grouping.build(ref_cats)
+        self._anns_by_image = _Grouping.build(ann_cols[:, 1].copy())
+        self._sentences: _SentenceIndex | None = None
+
+    def _check_members(self, positions: np.ndarray, values: np.ndarray, key: str, target: str) -> np.ndarray:
+        missing = positions < 0
+        if missing.any():
+            i = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"{self.source}: {int(missing.sum())} ref(s) point at a missing {target}; "
+                f"first: ref {int(self._ref_ids[i])} has {key} {int(values[i])}"
+            )
+        return positions
+
+    def _sentence_index(self) -> _SentenceIndex:
+        if self._sentences is None:
+            src = self.source
+            try:
+                groups = list(map(itemgetter("sentences"), self.refs))
+                lengths = np.array(list(map(len, groups)), dtype=np.int64)
+                flat = list(chain.from_iterable(groups))
+            except (KeyError, TypeError):
+                raise DataError(f"{src}: a ref has no list of 'sentences'") from None
+            ids = _IdIndex.build(_columns(flat, ("sent_id",), src, "sentence")[:, 0], src, "sentence")
+            self._sentences = _SentenceIndex(flat, ids, np.repeat(np.arange(len(self.refs)), lengths))
+        return self._sentences
+
+    # ---------------------------------------------------------------- look-ups
+    def _get(self, index: _IdIndex, records: list[dict], key: Any, what: str) -> dict:
+        pos = index.position(key)
+        if pos < 0:
+            raise InputError(f"{self.dataset}: no {what} with id {key}")
+        return records[pos]
+
+    def ref(self, ref_id: int) -> dict:
+        return self._get(self._refs, self.refs, ref_id, "ref")
+
+    def ann(self, ann_id: int) -> dict:
+        return self._get(self._anns, self.anns, ann_id, "annotation")
+
+    def image(self, image_id: int) -> dict:
+        return self._get(self._imgs, self.images, image_id, "image")
+
+    def category(self, category_id: int) -> dict:
+        return self._get(self._cats, self.categories, category_id, "category")
+
+    def sentence(self, sent_id: int) -> dict:
+        idx = self._sentence_index()
+        return self._get(idx.ids, idx.sentences, sent_id, "sentence")
+
+    def sentence_ref(self, sent_id: int) -> dict:
+        """The ref a sentence belongs to (REFER's sentToRef)."""
+        idx = self._sentence_index()
+        pos = idx.ids.position(sent_id)
+        if pos < 0:
+            raise InputError(f"{self.dataset}: no sentence with id {sent_id}")
+        return self.refs[int(idx.owners[pos])]
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self._sentence_index().sentences)
+
+    def ref_ann(self, ref_id: int) -> dict:
+        """The annotation a ref points at (REFER's refToAnn)."""
+        pos = self._refs.position(ref_id)
+        if pos < 0:
+            raise InputError(f"{self.dataset}: no ref with id {ref_id}")
+        return self.anns[int(self._ref_ann_pos[pos])]
+
+    def ann_ref(self, ann_id: int) -> dict | None:
+        """The ref of an annotation, or None when it is not referred (REFER's annToRef)."""
+        pos = self._ann_to_ref.position(ann_id)
+        return None if pos < 0 else self.refs[pos]
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self._split_names)
+
+    def split_counts(self) -> dict[str, int]:
+        counts = self._by_split.counts()
+        return dict(sorted((self._split_names[int(k)], n) for k, n in counts.items()))
+
+    def _split_code(self, split: str) -> int:
+        try:
+            return self._split_names.index(split)
+        except ValueError:
+            raise InputError(
+                f"{self.dataset}({self.split_by}) has no split '{split}'; it has: {', '.join(self.splits)}"
+            ) from None
+
+    def ref_ids(
+        self,
+        split: str | None = None,
+        image_ids: Iterable[int] | None = None,
+        cat_ids: Iterable[int] | None = None,
+    ) -> list[int]:
+        """Ref ids in file order, filtered by split, images and categories (REFER's getRefIds)."""
+        keep: np.ndarray | None = None
+
+        def narrow(pos: np.ndarray) -> None:
+            nonlocal keep
+            keep = pos if keep is None else np.intersect1d(keep, pos, assume_unique=True)
+
+        if split is not None:
+            narrow(self._by_split.positions(self._split_code(split)))
+        if image_ids is not None:
+            narrow(np.unique(np.concatenate([self._by_image.positions(int(i)) for i in image_ids] or [np.zeros(0, np.int64)])))
+        if cat_ids is not None:
+            narrow(np.unique(np.concatenate([self._by_category.positions(int(c)) for c in cat_ids] or [np.zeros(0, np.int64)])))
+        return (self._ref_ids if keep is None else self._ref_ids[np.sort(keep)]).tolist()
+
+    def image_refs(self, image_id: int) -> list[dict]:
+        return [self.refs[p] for p in self._by_image.positions(int(image_id)).tolist()]
+
+    def image_anns(self, image_id: int) -> list[dict]:
+        return [self.anns[p] for p in self._anns_by_image.positions(int(image_id)).tolist()]
+
+    def category_refs(self, category_id: int) -> list[dict]:
+        return [self.refs[p] for p in self._by_category.positions(int(category_id)).tolist()]
+
+    # ---------------------------------------------------------------- masks and images
+    def mask(self, ref_id: int) -> np.ndarray:
+        """The referred object's mask as a (H, W) uint8 array of 0 and 1."""
+        return self.ann_mask(self.ref(ref_id)["ann_id"])
+
+    def ann_mask(self, ann_id: int) -> np.ndarray:
+        ann = self.ann(ann_id)
+        img = self.image(ann["image_id"])
+        return decode_segmentation(ann.get("segmentation"), int(img["height"]), int(img["width"]), f"annotation {ann_id}")
+
+    def image_path(self, image_id: int) -> Path:
+        if self.image_dir is None:
+            raise DataError(f"{self.dataset}: no image folder set")
+        return self.image_dir / self.image(image_id)["file_name"]
+
+    def load_image(self, image_id: int):
+        """The image as RGB, checked against the size instances.json gives it."""
+        from refcoco_edit.images import open_image
+
+        info = self.image(image_id)
+        im = open_image(self.image_path(image_id))
+        if im.size != (int(info["width"]), int(info["height"])):
+            raise DataError(
+                f"{self.image_path(image_id)}: image is {im.size[0]}x{im.size[1]} but instances.json says "
+                f"{info['width']}x{info['height']}"
+            )
+        return im
+
+    # ---------------------------------------------------------------- summary
+    def stats(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "split_by": self.split_by,
+            "images": len(self.images),
+            "annotations": len(self.anns),
+            "categories": len(self.categories),
+            "refs": len(self.refs),
+            "sentences": self.num_sentences,
+            "splits": self.split_counts(),
+        }
+
+
+def decode_segmentation(segm: Any, height: int, width: int, what: str = "segmentation") -> np.ndarray:
+    """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a (H, W) 0/1 uint8 mask."""
+    from pycocotools import mask as mask_utils
+
+    try:
+        if isinstance(segm, list):
+            polys = [list(map(float, p)) for p in segm]
+            if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
+                raise DataError(f"{what}: polygons need an even number (at least 6) of coordinates")
+            coords = np.concatenate([np.asarray(p) for p in polys])
+            # far-off coordinates would make pycocotools allocate without bound
+            if not np.isfinite(coords).all() or np.abs(coords).max() > 4 * max(height, width) + 16:
+                raise DataError(f"{what}: polygon coordinates lie far outside the {width}x{height} image")
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+        elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
+            if list(segm["size"]) != [height, width]:
+                raise DataError(f"{what}: RLE size {list(segm['size'])} differs from the image's {[height, width]}")
+            if isinstance(segm["counts"], list):
+                rle = mask_utils.frPyObjects(segm, height, width)
+            else:
+                counts = segm["counts"]
+                counts = counts.encode("ascii") if isinstance(counts, str) else counts
+                # pycocotools writes past its buffer when the counts add up to more than H*W
+                total = sum(rle_string_counts(counts))
+                if total != height * width:
+                    raise DataError(f"{what}: RLE counts cover {total} pixels, not {height}x{width}")
+                rle = {"size": [height, width], "counts": counts}
+        else:
+            raise DataError(f"{what}: segmentation is neither polygons nor RLE")
+        mask = mask_utils.decode(rle)
+    except DataError:
+        raise
+    except (TypeError, ValueError, IndexError, UnicodeEncodeError) as exc:
+        raise DataError(f"{what}: cannot decode segmentation: {exc}") from None
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def rle_string_counts(counts: bytes) -> list[int]:
+    """Decode COCO's compressed RLE string (pycocotools' `rleFrString`) into run lengths, checking it."""
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise DataError("RLE counts string ends in the middle of a number")
+            c = counts[p] - 48
+            if not 0 <= c < 64:
+                raise DataError("RLE counts string has a character outside COCO's alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        if x < 0:
+            raise DataError("RLE counts string decodes to a negative run length")
+        out.append(x)
+    return out

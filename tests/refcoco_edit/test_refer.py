@@ -1,0 +1,234 @@
+"""The RefCOCO data layer against independent references: REFER's dict-append indexes and pycocotools' COCO API."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refcoco_edit.errors import DataError, InputError, UnsafePickleError
+from refcoco_edit.refer import RefCOCO, decode_segmentation, rle_string_counts
+from refcoco_edit.safe_pickle import safe_load, safe_load_bytes
+from tests.refcoco_edit.conftest import make_mini_refcoco
+from tests.refcoco_edit.py2pickle import dumps_py2
+
+
+def reference_indexes(refs: list[dict], anns: list[dict]) -> dict:
+    """REFER's createIndex, written out plainly: one dict append per record."""
+    idx: dict = {"img_refs": defaultdict(list), "cat_refs": defaultdict(list), "sent_ref": {}, "ref_ann": {},
+                 "img_anns": defaultdict(list), "split_refs": defaultdict(list)}
+    ann_by_id = {a["id"]: a for a in anns}
+    for a in anns:
+        idx["img_anns"][a["image_id"]].append(a["id"])
+    for r in refs:
+        idx["img_refs"][r["image_id"]].append(r["ref_id"])
+        idx["cat_refs"][r["category_id"]].append(r["ref_id"])
+        idx["split_refs"][r["split"]].append(r["ref_id"])
+        idx["ref_ann"][r["ref_id"]] = ann_by_id[r["ann_id"]]
+        for s in r["sentences"]:
+            idx["sent_ref"][s["sent_id"]] = r["ref_id"]
+    return idx
+
+
+def test_loads_python2_pickle_as_text(mini_root: Path) -> None:
+    data = RefCOCO.load(mini_root, "refcoco", "unc")
+    ref = data.ref(2)
+    assert all(isinstance(k, str) for k in ref)
+    assert ref["sentences"][1]["raw"] == "caf\u00e9 person"
+    assert data.sentence_ref(4)["ref_id"] == 2
+    assert data.stats() == {"dataset": "refcoco", "split_by": "unc", "images": 2, "annotations": 4,
+                            "categories": 2, "refs": 3, "sentences": 6,
+                            "splits": {"testA": 1, "train": 1, "val": 1}}
+
+
+def test_indexes_match_refer_reference(mini_root: Path) -> None:
+    data = RefCOCO.load(mini_root)  # dataset and split_by inferred: one of each
+    plain = pickle.loads(pickle.dumps(data.refs))
+    ref_idx = reference_indexes(plain, data.anns)
+    for img_id, ids in ref_idx["img_refs"].items():
+        assert [r["ref_id"] for r in data.image_refs(img_id)] == ids
+        assert data.ref_ids(image_ids=[img_id]) == ids
+    for img_id, ids in ref_idx["img_anns"].items():
+        assert [a["id"] for a in data.image_anns(img_id)] == ids
+    for cat_id, ids in ref_idx["cat_refs"].items():
+        assert [r["ref_id"] for r in data.category_refs(cat_id)] == ids
+        assert data.ref_ids(cat_ids=[cat_id]) == ids
+    for split, ids in ref_idx["split_refs"].items():
+        assert data.ref_ids(split=split) == ids
+    for sent_id, ref_id in ref_idx["sent_ref"].items():
+        assert data.sentence_ref(sent_id)["ref_id"] == ref_id
+    for ref_id, ann in ref_idx["ref_ann"].items():
+        assert data.ref_ann(ref_id) is ann
+        assert data.ann_ref(ann["id"])["ref_id"] == ref_id
+    assert data.ann_ref(13) is None
+    assert data.ref_ids(split="train", cat_ids=[2]) == []
+    assert data.ref_ids(split="testA", image_ids=[1], cat_ids=[2]) == [1]
+    assert data.image_refs(999) == []
+
+
+def test_masks_match_pycocotools_coco_api(mini_root: Path) -> None:
+    from pycocotools.coco import COCO
+
+    data = RefCOCO.load(mini_root, "refcoco", "unc")
+    coco = COCO(str(mini_root / "refcoco" / "instances.json"))
+    for ann in data.anns:
+        ours = data.ann_mask(ann["id"])
+        theirs = coco.annToMask(coco.anns[ann["id"]])
+        assert ours.dtype == np.uint8 and ours.shape == (40, 60)
+        np.testing.assert_array_equal(ours, theirs)
+        assert abs(int(ours.sum()) - ann["area"]) <= 0.01 * ann["area"] + 1e-9
+    # the referred object's mask is its annotation's
+    np.testing.assert_array_equal(data.mask(1), data.ann_mask(11))
+
+
+def test_rle_string_decoder_matches_pycocotools() -> None:
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        h, w = rng.integers(1, 50, 2)
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        rle = mask_utils.encode(np.asfortranarray(m))
+        counts = rle_string_counts(rle["counts"])
+        assert sum(counts) == h * w
+        flat = np.repeat(np.arange(len(counts)) % 2, counts).astype(np.uint8)
+        np.testing.assert_array_equal(flat.reshape((w, h)).T, m)
+
+
+def test_rle_that_overruns_the_image_is_refused() -> None:
+    from pycocotools import mask as mask_utils
+
+    m = np.ones((10, 10), np.uint8)
+    big = mask_utils.encode(np.asfortranarray(np.ones((20, 20), np.uint8)))
+    with pytest.raises(DataError, match="cover 400 pixels"):
+        decode_segmentation({"size": [10, 10], "counts": big["counts"].decode()}, 10, 10)
+    with pytest.raises(DataError, match="differs"):
+        decode_segmentation({"size": [20, 20], "counts": big["counts"].decode()}, 10, 10)
+    with pytest.raises(DataError, match="alphabet"):
+        decode_segmentation({"size": [10, 10], "counts": "\x01\x02"}, 10, 10)
+    with pytest.raises(DataError, match="far outside"):
+        decode_segmentation([[0, 0, 1e12, 0, 5, 5]], 10, 10)
+    with pytest.raises(DataError, match="even number"):
+        decode_segmentation([[0, 0, 5]], 10, 10)
+    with pytest.raises(DataError, match="neither"):
+        decode_segmentation("x", 10, 10)
+    assert decode_segmentation([[0, 0, 10, 0, 10, 10, 0, 10]], 10, 10).sum() == m.sum()
+
+
+class _Evil:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_malicious_pickle_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "refs(unc).p"
+    for protocol in (0, 2, 5):
+        path.write_bytes(pickle.dumps([{"ref_id": 0, "x": _Evil(str(marker))}], protocol=protocol))
+        with pytest.raises(UnsafePickleError, match=r"refs\(unc\)\.p.*import (posix|os)\.system"):
+            safe_load(path)
+        assert not marker.exists()
+    # a Python 3 bytes object pickles through _codecs.encode: refused too, nothing imported
+    with pytest.raises(UnsafePickleError, match="_codecs.encode"):
+        safe_load_bytes(pickle.dumps([b"abc"], protocol=2), "x.p")
+    with pytest.raises(UnsafePickleError, match="persistent id"):
+        safe_load_bytes(b"\x80\x02P0\n.", "x.p")
+
+
+def test_py2_latin1_and_bad_pickles(tmp_path: Path) -> None:
+    got = safe_load_bytes(dumps_py2([{b"raw": b"caf\xe9", b"ok": "\u00e9t\u00e9", b"n": 2**40}]))
+    assert got == [{"raw": "caf\u00e9", "ok": "\u00e9t\u00e9", "n": 2**40}]
+    with pytest.raises(DataError, match="not a readable pickle"):
+        safe_load_bytes(b"\x80\x02]q\x00(K\x01", "trunc.p")
+    with pytest.raises(DataError, match="not a readable pickle"):
+        safe_load_bytes(b"garbage", "g.p")
+    with pytest.raises(DataError, match="refs file not found"):
+        safe_load(tmp_path / "nope.p")
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    root = make_mini_refcoco(tmp_path / "a")
+    with pytest.raises(DataError, match=r"refs file not found: .*refs\(google\)\.p \(found: refs\(unc\)\.p\)"):
+        RefCOCO.load(root, "refcoco", "google")
+    with pytest.raises(InputError, match="refcoco has no split_by 'umd'"):
+        RefCOCO.load(root, "refcoco", "umd")
+    with pytest.raises(DataError, match="RefCOCO root not found"):
+        RefCOCO.load(tmp_path / "missing", "refcoco", "unc")
+    (root / "refcoco" / "instances.json").write_text('{"images": [1,')
+    with pytest.raises(DataError, match=r"instances.json: malformed JSON at line 1"):
+        RefCOCO.load(root, "refcoco", "unc")
+    (root / "refcoco" / "instances.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DataError, match="instances.json"):
+        RefCOCO.load(root, "refcoco", "unc")
+    (root / "refcoco" / "instances.json").unlink()
+    with pytest.raises(DataError, match="instances file not found"):
+        RefCOCO.load(root, "refcoco", "unc")
+
+
+def _rewrite_instances(root: Path, fn) -> None:
+    path = root / "refcoco" / "instances.json"
+    inst = json.loads(path.read_text())
+    fn(inst)
+    path.write_text(json.dumps(inst))
+
+
+def test_inconsistent_data_is_named(tmp_path: Path) -> None:
+    root = make_mini_refcoco(tmp_path / "a")
+    _rewrite_instances(root, lambda inst: inst["annotations"].pop(0))
+    with pytest.raises(DataError, match="point at a missing annotation; first: ref 0 has ann_id 10"):
+        RefCOCO.load(root)
+    root = make_mini_refcoco(tmp_path / "b")
+    _rewrite_instances(root, lambda inst: inst["images"].append(dict(inst["images"][0])))
+    with pytest.raises(DataError, match="duplicate image id 1"):
+        RefCOCO.load(root)
+    root = make_mini_refcoco(tmp_path / "c")
+    _rewrite_instances(root, lambda inst: inst.pop("categories"))
+    with pytest.raises(DataError, match="under 'categories'"):
+        RefCOCO.load(root)
+
+
+def test_lookups_refuse_unknown_ids_and_splits(mini_root: Path) -> None:
+    data = RefCOCO.load(mini_root)
+    with pytest.raises(InputError, match="has no split 'testC'; it has: testA, train, val"):
+        data.ref_ids(split="testC")
+    with pytest.raises(InputError, match="no ref with id 77"):
+        data.ref(77)
+    with pytest.raises(InputError, match="no ref with id 77"):
+        data.mask(77)
+
+
+def test_images_are_checked(mini_root: Path) -> None:
+    from PIL import Image
+
+    data = RefCOCO.load(mini_root)
+    assert data.load_image(1).size == (60, 40)
+    path = data.image_path(2)
+    Image.new("RGB", (10, 10)).save(path, format="JPEG")
+    with pytest.raises(DataError, match="image is 10x10 but instances.json says 60x40"):
+        data.load_image(2)
+    path.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DataError, match="not a readable image"):
+        data.load_image(2)
+    path.unlink()
+    with pytest.raises(DataError, match="image not found"):
+        data.load_image(2)
+
+
+def test_oversized_image_refused_before_decoding(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from refcoco_edit.images import open_image
+
+    path = tmp_path / "big.png"
+    Image.new("1", (3000, 3000)).save(path)  # tiny file, 9 megapixels
+    with pytest.raises(DataError, match="over the limit"):
+        open_image(path, max_pixels=1_000_000)
+    assert open_image(path).size == (3000, 3000)
