@@ -11,8 +11,7 @@ ref->ann, ann->ref, category->refs, sentence->ref) but built column-wise: each i
 out once into a numpy array; id look-ups are binary searches over the sorted ids and one-to-many
 groupings are slices of one stable sort order. The build runs in C loops instead of one Python
 dict append per record, and holds a few arrays instead of a dict entry per record (see
-benchmarks/refer_index.py). The sentence index is built on first use: most work goes from a ref to
-its sentences, which the ref itself holds.
+benchmarks/refer_index.py).
 """
 
 from __future__ import annotations
@@ -177,20 +176,18 @@ def _columns(records: Sequence[dict], keys: tuple[str, ...], source: str, what: 
     return flat.reshape(n, k)
 
 
+def _int_array(values: Sequence[Any], source: str, what: str, key: str) -> np.ndarray:
+    try:
+        return np.fromiter(values, np.int64, len(values))
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{source}: a {what} has a '{key}' that is not an integer id") from None
+
+
 def _require_list(obj: Any, key: str, source: str) -> list[dict]:
     value = obj.get(key) if isinstance(obj, dict) else None
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise DataError(f"{source}: expected a list of objects under '{key}'")
     return value
-
-
-@dataclass
-class _SentenceIndex:
-    """sentence id -> sentence and owning ref; built on first use, since most work goes ref -> sentences."""
-
-    sentences: list[dict]
-    ids: _IdIndex
-    owners: np.ndarray  # ref position of each sentence
 
 
 @dataclass
@@ -248,34 +245,49 @@ class RefCOCO:
             source=str(ds_dir),
         )
 
+    def _ref_columns(self) -> dict[str, tuple]:
+        """Every ref field the indexes need, read in one pass over the refs (each ref dict touched once).
+
+        `category_id` and `sent_ids` are optional: REFER refs have both, other files may not.
+        """
+        first = self.refs[0] if self.refs else {}
+        fields = ["ref_id", "ann_id", "image_id", "split", "sentences"]
+        fields += [f for f in ("category_id", "sent_ids") if f in first]
+        try:
+            rows = list(map(itemgetter(*fields), self.refs))
+        except KeyError:
+            missing = next(f for r in self.refs for f in fields if f not in r)
+            raise DataError(f"{self.source}: a ref has no '{missing}' field") from None
+        except TypeError:
+            raise DataError(f"{self.source}: a ref is not an object") from None
+        columns = list(zip(*rows)) if rows else [()] * len(fields)
+        return dict(zip(fields, columns))
+
     def _build_indexes(self) -> None:
         """Column-wise: pull each id column out once, then sort and search (see module docstring)."""
         src = self.source
-        has_cat = all("category_id" in r for r in self.refs[:1])
-        ref_cols = _columns(self.refs, ("ref_id", "ann_id", "image_id") + (("category_id",) if has_cat else ()), src, "ref")
+        cols = self._ref_columns()
+        self._ref_ids = _int_array(cols["ref_id"], src, "ref", "ref_id")
+        ref_anns = _int_array(cols["ann_id"], src, "ref", "ann_id")
+        ref_imgs = _int_array(cols["image_id"], src, "ref", "image_id")
         ann_cols = _columns(self.anns, ("id", "image_id"), src, "annotation")
-        self._ref_ids = ref_cols[:, 0].copy()
         self._refs = _IdIndex.build(self._ref_ids, src, "ref")
         self._anns = _IdIndex.build(ann_cols[:, 0].copy(), src, "annotation")
         self._imgs = _IdIndex.build(_columns(self.images, ("id",), src, "image")[:, 0], src, "image")
         self._cats = _IdIndex.build(_columns(self.categories, ("id",), src, "category")[:, 0], src, "category")
 
-        ref_anns, ref_imgs = ref_cols[:, 1].copy(), ref_cols[:, 2].copy()
         # every ref must point at an annotation and an image that exist
         self._ref_ann_pos = self._check_members(self._anns.find(ref_anns), ref_anns, "ann_id", "annotation")
         self._check_members(self._imgs.find(ref_imgs), ref_imgs, "image_id", "image")
         self._ann_to_ref = _IdIndex.build(ref_anns, src, "referred annotation")
 
         # a ref's category: its own field (REFER has it), else its annotation's
-        if has_cat:
-            ref_cats = ref_cols[:, 3].copy()
+        if "category_id" in cols:
+            ref_cats = _int_array(cols["category_id"], src, "ref", "category_id")
         else:
             anns = self.anns
             ref_cats = np.array([anns[p]["category_id"] for p in self._ref_ann_pos.tolist()], dtype=np.int64)
-        try:
-            splits = list(map(itemgetter("split"), self.refs))
-        except KeyError:
-            raise DataError(f"{src}: a ref has no 'split' field") from None
+        splits = cols["split"]
         try:
             codes = {name: i for i, name in enumerate(sorted(set(splits)))}
         except TypeError:
@@ -285,7 +297,7 @@ class RefCOCO:
         self._by_image = _Grouping.build(ref_imgs)
         self._by_category = _Grouping.build(ref_cats)
         self._anns_by_image = _Grouping.build(ann_cols[:, 1].copy())
-        self._sentences: _SentenceIndex | None = None
+        self._build_sentence_index(cols)
 
     def _check_members(self, positions: np.ndarray, values: np.ndarray, key: str, target: str) -> np.ndarray:
         missing = positions < 0
@@ -297,18 +309,30 @@ class RefCOCO:
             )
         return positions
 
-    def _sentence_index(self) -> _SentenceIndex:
-        if self._sentences is None:
-            src = self.source
-            try:
-                groups = list(map(itemgetter("sentences"), self.refs))
-                lengths = np.array(list(map(len, groups)), dtype=np.int64)
-                flat = list(chain.from_iterable(groups))
-            except (KeyError, TypeError):
-                raise DataError(f"{src}: a ref has no list of 'sentences'") from None
-            ids = _IdIndex.build(_columns(flat, ("sent_id",), src, "sentence")[:, 0], src, "sentence")
-            self._sentences = _SentenceIndex(flat, ids, np.repeat(np.arange(len(self.refs)), lengths))
-        return self._sentences
+    def _build_sentence_index(self, cols: dict[str, tuple]) -> None:
+        """sentence id -> (ref position, place in its list), from the refs' `sent_ids` lists.
+
+        REFER refs list their sentence ids in `sent_ids`, in the order of `sentences`, so the ids
+        come out of flat integer lists without touching each sentence dict; refs without
+        `sent_ids` fall back to the sentences' own `sent_id` fields.
+        """
+        src = self.source
+        try:
+            lengths = np.fromiter(map(len, cols["sentences"]), np.int64, len(self.refs))
+        except TypeError:
+            raise DataError(f"{src}: a ref's 'sentences' is not a list") from None
+        total = int(lengths.sum())
+        try:
+            id_lists = cols["sent_ids"]
+            sent_ids = np.fromiter(chain.from_iterable(id_lists), np.int64, total)
+            if not np.array_equal(np.fromiter(map(len, id_lists), np.int64, len(id_lists)), lengths):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            flat = list(chain.from_iterable(cols["sentences"]))
+            sent_ids = _columns(flat, ("sent_id",), src, "sentence")[:, 0]
+        self._sents = _IdIndex.build(sent_ids, src, "sentence")
+        self._sent_owner = np.repeat(np.arange(len(self.refs)), lengths)
+        self._sent_offset = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
     # ---------------------------------------------------------------- look-ups
     def _get(self, index: _IdIndex, records: list[dict], key: Any, what: str) -> dict:
@@ -329,21 +353,27 @@ class RefCOCO:
     def category(self, category_id: int) -> dict:
         return self._get(self._cats, self.categories, category_id, "category")
 
+    def _sentence_position(self, sent_id: Any) -> tuple[int, dict]:
+        pos = self._sents.position(sent_id)
+        if pos < 0:
+            raise InputError(f"{self.dataset}: no sentence with id {sent_id}")
+        ref = self.refs[int(self._sent_owner[pos])]
+        sentence = ref["sentences"][int(self._sent_offset[pos])]
+        if sentence.get("sent_id", sent_id) != int(sent_id):
+            raise DataError(f"{self.source}: ref {ref['ref_id']}'s sent_ids disagree with its sentences")
+        return pos, sentence
+
     def sentence(self, sent_id: int) -> dict:
-        idx = self._sentence_index()
-        return self._get(idx.ids, idx.sentences, sent_id, "sentence")
+        return self._sentence_position(sent_id)[1]
 
     def sentence_ref(self, sent_id: int) -> dict:
         """The ref a sentence belongs to (REFER's sentToRef)."""
-        idx = self._sentence_index()
-        pos = idx.ids.position(sent_id)
-        if pos < 0:
-            raise InputError(f"{self.dataset}: no sentence with id {sent_id}")
-        return self.refs[int(idx.owners[pos])]
+        pos, _ = self._sentence_position(sent_id)
+        return self.refs[int(self._sent_owner[pos])]
 
     @property
     def num_sentences(self) -> int:
-        return len(self._sentence_index().sentences)
+        return len(self._sent_owner)
 
     def ref_ann(self, ref_id: int) -> dict:
         """The annotation a ref points at (REFER's refToAnn)."""
