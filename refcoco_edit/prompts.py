@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from refcoco_edit.errors import InputError
-from refcoco_edit.schema import EDIT_TYPES
+from refcoco_edit.schema import EDIT_TYPES, span_problems, span_text
 from refcoco_edit.subjects import COLOUR_WORDS
 
 SOURCES = ("template", "llm", "rephrase")
@@ -162,31 +162,8 @@ class Prompt:
             out.append(f"edit type {self.edit_type} needs a target")
         if self.source not in SOURCES:
             out.append(f"unknown source {self.source!r}")
-        all_spans: list[tuple[int, int, str]] = []
-        for name, spans, text in (("referring", self.referring_spans, self.referring_text),
-                                  ("edit", self.edit_spans, self.edit_text)):
-            if not spans:
-                out.append(f"no {name} part")
-                continue
-            for sp in spans:
-                if len(sp) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in sp):
-                    out.append(f"{name} span {sp!r} is not a pair of integers")
-                    break
-                s, e = sp
-                if not 0 <= s < e <= n:
-                    out.append(f"{name} span {sp} is outside the prompt (length {n}) or empty")
-                    break
-                piece = self.prompt[s:e]
-                if piece != piece.strip():
-                    out.append(f"{name} span {sp} starts or ends with white space: {piece!r}")
-                all_spans.append((s, e, name))
-            else:
-                if span_text(self.prompt, spans) != text:
-                    out.append(f"{name} spans give {span_text(self.prompt, spans)!r}, not {text!r}")
-        all_spans.sort()
-        for (s1, e1, n1), (s2, e2, n2) in zip(all_spans, all_spans[1:]):
-            if s2 < e1:
-                out.append(f"{n1} span [{s1}, {e1}] overlaps {n2} span [{s2}, {e2}]")
+        out += span_problems(self.prompt, [("referring", self.referring_spans, self.referring_text),
+                                           ("edit", self.edit_spans, self.edit_text)])
         return out
 
     def validate(self) -> Prompt:
@@ -195,10 +172,6 @@ class Prompt:
         if problems:
             raise InputError(f"bad prompt {self.prompt!r}: " + "; ".join(problems))
         return self
-
-
-def span_text(prompt: str, spans: Sequence[Sequence[int]]) -> str:
-    return " ".join(prompt[s:e] for s, e in spans)
 
 
 def normalise_edit_type(edit_type: str) -> str:

@@ -100,22 +100,39 @@ def span_text(prompt: str, spans: list[Span]) -> str:
     return " ".join(prompt[s:e] for s, e in spans)
 
 
-def span_problems(prompt: str, spans: list[Span], text: str, what: str) -> list[str]:
-    """Why `spans` do not mark exactly `text` in `prompt` (empty when they do)."""
-    problems = []
-    for span in spans:
-        if len(span) != 2 or not all(isinstance(v, (int, np.integer)) for v in span):
-            return [f"{what} span {span!r} is not a [start, end] pair of integers"]
-        s, e = span
-        if not 0 <= s < e <= len(prompt):
-            problems.append(f"{what} span {span!r} lies outside the prompt of {len(prompt)} characters")
-    if problems:
-        return problems
-    if not spans:
-        return [f"{what} has no span"]
-    if span_text(prompt, spans) != text:
-        problems.append(f"{what} spans mark {span_text(prompt, spans)!r}, not {text!r}")
-    return problems
+def span_problems(prompt: str, parts: list[tuple[str, list[Span], str]]) -> list[str]:
+    """Why the spans of `parts` ((name, spans, text) each) do not mark exactly their texts in `prompt`.
+
+    Each span must be a [start, end) pair of integers inside the prompt, with no white space at its
+    ends; a part's spans, joined by one space, must give its text; no two spans may overlap.
+    """
+    out: list[str] = []
+    n = len(prompt)
+    marked: list[tuple[int, int, str]] = []
+    for name, spans, text in parts:
+        if not spans:
+            out.append(f"no {name} part")
+            continue
+        for sp in spans:
+            if len(sp) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sp):
+                out.append(f"{name} span {sp!r} is not a pair of integers")
+                break
+            s, e = int(sp[0]), int(sp[1])
+            if not 0 <= s < e <= n:
+                out.append(f"{name} span {[s, e]} is outside the prompt (length {n}) or empty")
+                break
+            piece = prompt[s:e]
+            if piece != piece.strip():
+                out.append(f"{name} span {[s, e]} starts or ends with white space: {piece!r}")
+            marked.append((s, e, name))
+        else:
+            if span_text(prompt, spans) != text:
+                out.append(f"{name} spans give {span_text(prompt, spans)!r}, not {text!r}")
+    marked.sort()
+    for (s1, e1, n1), (s2, e2, n2) in zip(marked, marked[1:]):
+        if s2 < e1:
+            out.append(f"{n1} span [{s1}, {e1}] overlaps {n2} span [{s2}, {e2}]")
+    return out
 
 
 def validate(sample: Sample) -> list[str]:
@@ -129,11 +146,8 @@ def validate(sample: Sample) -> list[str]:
         problems.append(f"status {sample.status!r} is not one of {', '.join(STATUSES)}")
     if not sample.referring_text.strip():
         problems.append("the prompt has no referring part")
-    problems += span_problems(sample.prompt, sample.referring_spans, sample.referring_text, "referring")
-    problems += span_problems(sample.prompt, sample.edit_spans, sample.edit_text, "edit")
-    marked = sorted(tuple(s) for s in sample.referring_spans + sample.edit_spans if len(s) == 2)
-    if any(a[1] > b[0] for a, b in zip(marked, marked[1:])):
-        problems.append("referring and edit spans overlap")
+    problems += span_problems(sample.prompt, [("referring", sample.referring_spans, sample.referring_text),
+                                              ("edit", sample.edit_spans, sample.edit_text)])
     size = getattr(sample.source_image, "size", None)
     if size is None:
         problems.append("source_image is missing")

@@ -142,7 +142,7 @@ def test_add_and_get_round_trip_every_field(store: Store) -> None:
 def test_candidate_and_accepted_samples_must_validate_drafts_need_not(store: Store) -> None:
     bad = make_sample(1)
     bad.edit_spans = [[0, 8]]  # "replace " is not the edit text
-    with pytest.raises(InputError, match="edit spans mark"):
+    with pytest.raises(InputError, match="edit spans give"):
         store.add_sample(bad, user="u")
     bad.status = "draft"
     bad.source_image = bad.edited_image = bad.source_mask = bad.edit_mask = None
