@@ -1,0 +1,26 @@
+"""`referdiffusion`: initialise, train and run the ReferDiffusion model.
+
+Subcommands follow refcoco_edit.cli's contract (one module each, light imports at top level).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from refcoco_edit.cli import build_parser, run_cli
+
+COMMANDS: dict[str, str] = {
+    "init": "referdiffusion.commands.init",
+    "edit": "referdiffusion.commands.edit",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(COMMANDS, prog="referdiffusion",
+                          description="ReferDiffusion: InstructPix2Pix + Region-Embedder Module for referring image editing.")
+    return run_cli(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Make a ReferDiffusion checkpoint from an InstructPix2Pix or a Stable Diffusion 1.5 one.
+
+- UNet: an InstructPix2Pix 8-channel UNet is kept unchanged; a 4-channel Stable Diffusion UNet gets its
+  first convolution widened to 8 input channels, the new (source-latent) channels zero, as InstructPix2Pix
+  was made, so it starts out ignoring the source image.
+- VAE, text encoder, tokenizer: copied.
+- Scheduler: DDIM with the source's noise schedule (InstructPix2Pix ships Euler-ancestral; the
+  checkpoint carries DDIM so that inference defaults to it).
+- REM: a fresh `RegionEmbedder` at the text encoder's width (zero gate: outputs equal the source's).
+- No safety checker or feature extractor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refcoco_edit.errors import InputError, ModelNotAvailableError
+
+logger = logging.getLogger(__name__)
+
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass(frozen=True)
+class InitReport:
+    out: Path
+    source: str
+    source_kind: str  # "instruct-pix2pix" | "stable-diffusion"
+    widened_conv_in: bool
+    rem_parameters: int
+
+
+def widen_conv_in(unet: Any, in_channels: int = 8) -> Any:
+    """Give `unet` a first convolution with `in_channels` inputs: the old weights for the first channels,
+    zeros for the new ones; the config is updated so that save/load keeps the new width."""
+    import torch
+
+    old = unet.conv_in
+    if old.in_channels > in_channels:
+        raise InputError(f"the UNet already has {old.in_channels} input channels (> {in_channels})")
+    new = torch.nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+        dtype=old.weight.dtype, device=old.weight.device,
+    )
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+# Stable Diffusion's DDIM settings, for the keys a non-DDIM source config (InstructPix2Pix ships
+# Euler-ancestral, which has no clip_sample) does not set: DDIMScheduler's own defaults (clip_sample=True,
+# set_alpha_to_one=True) are wrong for latent diffusion.
+SD_DDIM_DEFAULTS: dict[str, Any] = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+def ddim_scheduler(source_config: dict[str, Any]) -> Any:
+    """A DDIM scheduler with the source scheduler's noise schedule and prediction type."""
+    from diffusers import DDIMScheduler
+
+    config = {**SD_DDIM_DEFAULTS, **{k: v for k, v in source_config.items() if not k.startswith("_")}}
+    return DDIMScheduler.from_config(config)
+
+
+def resolve_source(name_or_dir: str) -> str:
+    """A local folder as given, else a model name of `refcoco_edit.models` resolved to a folder or Hub id."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return str(path.absolute())
+    from refcoco_edit.models import MODEL_SPECS, resolve
+
+    if name_or_dir not in MODEL_SPECS:
+        raise InputError(
+            f"--from {name_or_dir!r} is neither a folder nor a model name; names: {', '.join(MODEL_SPECS)}"
+        )
+    return resolve(name_or_dir).source
+
+
+def _load(source: str) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    def sub(cls: Any, folder: str) -> Any:
+        return cls.from_pretrained(source, subfolder=folder)
+
+    try:
+        return {
+            "unet": sub(UNet2DConditionModel, "unet"),
+            "vae": sub(AutoencoderKL, "vae"),
+            "text_encoder": sub(CLIPTextModel, "text_encoder"),
+            "tokenizer": sub(CLIPTokenizer, "tokenizer"),
+            "scheduler": ddim_scheduler(DDIMScheduler.load_config(source, subfolder="scheduler")),
+        }
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(
+            f"cannot load a Stable Diffusion / InstructPix2Pix checkpoint from {source}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def make_pipeline(source: str, seed: int = 0, rem_kwargs: dict[str, Any] | None = None):
+    """An in-memory `ReferDiffusionPipeline` initialised from `source` (a folder or Hub id)."""
+    return _build(source, seed, rem_kwargs)[0]
+
+
+def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None) -> tuple[Any, str]:
+    import torch
+
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+    from referdiffusion.rem import RegionEmbedder
+
+    parts = _load(source)
+    unet = parts["unet"]
+    in_ch = unet.config.in_channels
+    latent_ch = parts["vae"].config.latent_channels
+    if in_ch == latent_ch:
+        widen_conv_in(unet, 2 * latent_ch)
+    elif in_ch != 2 * latent_ch:
+        raise InputError(
+            f"{source}: UNet with {in_ch} input channels is neither Stable Diffusion ({latent_ch}) nor "
+            f"InstructPix2Pix ({2 * latent_ch})"
+        )
+    text_dim = parts["text_encoder"].config.hidden_size
+    kwargs = {"text_dim": text_dim, "latent_channels": latent_ch, **(rem_kwargs or {})}
+    if "num_attention_heads" not in kwargs:
+        kwargs["num_attention_heads"] = next(h for h in (8, 4, 2, 1) if text_dim % h == 0)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        rem = RegionEmbedder(**kwargs)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    if unet.dtype != rem.dtype:
+        rem = rem.to(dtype=unet.dtype)
+    pipe = ReferDiffusionPipeline(rem=rem, **parts)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.rem):
+        module.eval()
+    return pipe, "stable-diffusion" if in_ch == latent_ch else "instruct-pix2pix"
+
+
+def init_checkpoint(
+    name_or_dir: str, out: Path | str, *, seed: int = 0, overwrite: bool = False, rem_kwargs: dict[str, Any] | None = None
+) -> InitReport:
+    """Write a ReferDiffusion checkpoint folder at `out` (unet, vae, text_encoder, tokenizer, scheduler,
+    rem, model_index.json) from an InstructPix2Pix or Stable Diffusion 1.5 checkpoint."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} exists and is not empty (pass --overwrite to replace its files)")
+    source = resolve_source(name_or_dir)
+    pipe, kind = _build(source, seed, rem_kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out)
+    n_rem = sum(p.numel() for p in pipe.rem.parameters())
+    logger.info("wrote ReferDiffusion checkpoint %s from %s (%s), REM %d parameters", out, source, kind, n_rem)
+    return InitReport(out=out, source=source, source_kind=kind, widened_conv_in=kind == "stable-diffusion",
+                      rem_parameters=n_rem)

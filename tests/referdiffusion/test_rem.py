@@ -1,0 +1,124 @@
+"""Region-Embedder Module: shapes, the zero gate, the mask head and pooling, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from referdiffusion.rem import RegionEmbedder  # noqa: E402
+
+from tests.referdiffusion import one_torch_thread  # noqa: E402
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
+
+D, L, C, H, W = 32, 12, 4, 8, 6
+
+
+def _rem(**kwargs) -> RegionEmbedder:
+    torch.manual_seed(0)
+    return RegionEmbedder(text_dim=D, latent_channels=C, num_attention_heads=4, image_hidden_channels=16, **kwargs).eval()
+
+
+def _inputs(b: int = 2):
+    g = torch.Generator().manual_seed(1)
+    embeds = torch.randn(b, L, D, generator=g)
+    latents = torch.randn(b, C, H, W, generator=g)
+    mask = torch.ones(b, L, dtype=torch.long)
+    mask[0, 7:] = 0  # sample 0 has padding
+    return embeds, latents, mask
+
+
+def test_shapes_and_fresh_rem_returns_prompt_embedding_exactly():
+    rem = _rem()
+    embeds, latents, mask = _inputs()
+    out = rem(embeds, latents, mask)
+    assert torch.equal(out.condition, embeds)  # bit for bit, not just close
+    assert out.mask_logits.shape == (2, H, W)
+    for e in (out.edit_embedding, out.referring_embedding, out.vision_embedding, out.referring_feature):
+        assert e.shape == (2, D)
+    assert torch.isfinite(out.mask_logits).all()
+
+
+def test_gate_gets_gradient_and_opening_it_changes_the_condition():
+    rem = _rem()
+    embeds, latents, mask = _inputs()
+    out = rem(embeds, latents, mask)
+    out.condition.pow(2).sum().backward()
+    assert rem.gate.grad is not None and rem.gate.grad.abs().sum() > 0
+    with torch.no_grad():
+        rem.gate.fill_(1.0)
+    assert not torch.allclose(rem(embeds, latents, mask).condition, embeds)
+
+
+def test_mask_head_and_vision_embedding_match_their_definitions():
+    rem = _rem()
+    embeds, latents, mask = _inputs()
+    with torch.no_grad():
+        rem.mask_bias.fill_(0.3)
+        out = rem(embeds, latents, mask)
+        f_s = rem.image_features(latents)  # B x D x h x w
+        kernel = rem.mask_mlp(out.referring_feature)
+        for b in range(2):
+            for i in range(H):
+                for j in range(W):
+                    expected = float(f_s[b, :, i, j] @ kernel[b]) / math.sqrt(D) + 0.3
+                    assert out.mask_logits[b, i, j].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+            s = torch.sigmoid(out.mask_logits[b])
+            e_v = sum(s[i, j] * f_s[b, :, i, j] for i in range(H) for j in range(W)) / s.sum()
+            torch.testing.assert_close(out.vision_embedding[b], e_v, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out.referring_embedding[b], rem.refer_mlp(out.referring_feature[b]))
+
+
+def test_padding_tokens_do_not_reach_the_pooled_embeddings():
+    rem = _rem()
+    embeds, latents, mask = _inputs()
+    changed = embeds.clone()
+    changed[0, 7:] += 5.0  # only padding positions of sample 0
+    with torch.no_grad():
+        a, b = rem(embeds, latents, mask), rem(changed, latents, mask)
+    for name in ("edit_embedding", "referring_feature", "referring_embedding", "vision_embedding"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name))
+    # ...while they do matter without the mask
+    with torch.no_grad():
+        c, d = rem(embeds, latents), rem(changed, latents)
+    assert not torch.allclose(c.edit_embedding[0], d.edit_embedding[0])
+
+
+def test_plain_per_position_projection_option():
+    rem = _rem(image_conv_layers=0)
+    assert len(rem.image_proj) == 1 and rem.image_proj[0].kernel_size == (1, 1)
+    embeds, latents, mask = _inputs()
+    # a per-position map: F_s at a position depends only on the latent there
+    shifted = latents.clone()
+    shifted[:, :, 0, 0] += 1.0
+    with torch.no_grad():
+        a, b = rem.image_features(latents), rem.image_features(shifted)
+    assert torch.equal(a[:, :, 1:, :], b[:, :, 1:, :]) and not torch.equal(a[:, :, 0, 0], b[:, :, 0, 0])
+
+
+def test_bad_shapes_are_refused():
+    rem = _rem()
+    embeds, latents, mask = _inputs()
+    with pytest.raises(ValueError, match="prompt_embeds"):
+        rem(embeds[..., :16], latents, mask)
+    with pytest.raises(ValueError, match="image_latents"):
+        rem(embeds, latents[:, :3], mask)
+    with pytest.raises(ValueError, match="batch"):
+        rem(embeds, latents[:1], mask)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    rem = _rem(mlp_ratio=2.0)
+    with torch.no_grad():
+        rem.gate.normal_()
+    rem.save_pretrained(tmp_path / "rem")
+    back = RegionEmbedder.from_pretrained(tmp_path / "rem").eval()
+    assert back.config.mlp_ratio == 2.0 and back.config.text_dim == D
+    embeds, latents, mask = _inputs()
+    with torch.no_grad():
+        a, b = rem(embeds, latents, mask), back(embeds, latents, mask)
+    assert torch.equal(a.condition, b.condition) and torch.equal(a.mask_logits, b.mask_logits)
