@@ -1,0 +1,97 @@
+"""The app: the tabs composed into one Gradio Blocks, launched behind the store's sign-in.
+
+`build_app(ctx)` only composes (each tab wires its own events to its handlers); `launch` adds what a
+running server needs: Gradio's upload cache inside the store's folder, sign-in against the store's
+users, Pillow's decompression-bomb limit as an error, a loopback default host, upload size limits
+and the keyboard-shortcut script.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from annotation_app.context import AppContext
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+TITLE = "RefCOCO-Edit annotation"
+# Review pictures are scaled up to fit their boxes, pixelated so masks stay crisp. The annotate
+# picture is left as Gradio draws it: its click -> pixel mapping assumes pictures are never scaled
+# up, so small images are enlarged on the server instead (`render.display_factor`).
+CSS = """
+#review-source img, #review-result img, #review-source-mask img, #review-edit-mask img {
+  object-fit: contain !important; image-rendering: pixelated; }
+#annotate-image img { cursor: crosshair; }
+.gradio-container { max-width: 1400px !important; }
+"""
+
+
+def configure_process(store_path: Path | str, max_pixels: int) -> Path:
+    """Process-wide settings, made before gradio is imported: no analytics, Gradio's upload cache
+    in `<store>.gradio/` (so uploads never leave the store's folder), and any Pillow decode of more
+    than `max_pixels` refused (Gradio decodes editor layers itself)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    cache = Path(f"{store_path}.gradio").resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    return cache
+
+
+def build_app(ctx: AppContext):
+    """The Blocks with the four tabs (no server started)."""
+    import gradio as gr
+
+    from annotation_app.shortcuts import SHORTCUTS, shortcuts_markdown
+    from annotation_app.tabs import annotate, progress, review, user_study
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
+        with gr.Row():
+            gr.Markdown(f"## {TITLE}")
+            gr.Button("Sign out", link="/logout", scale=0, min_width=100, elem_id="sign-out")
+        with gr.Tabs():
+            with gr.Tab("Annotate", id="annotate", elem_id="tab-annotate"):
+                annotate.build(ctx)
+            with gr.Tab("Review", id="review", elem_id="tab-review"):
+                review.build(ctx)
+            with gr.Tab("Progress", id="progress", elem_id="tab-progress") as progress_tab:
+                progress.build(ctx, progress_tab)
+            with gr.Tab("User study", id="study", elem_id="tab-study"):
+                user_study.build(ctx)
+            with gr.Tab("Shortcuts", id="shortcuts", elem_id="tab-shortcuts"):
+                gr.Markdown("### Keyboard shortcuts\n\n" + shortcuts_markdown())
+        gr.Markdown("Shortcuts: " + " · ".join(f"Alt+{k} {what.split(' (')[0]}" for k, what, _ in SHORTCUTS),
+                    elem_id="shortcut-line")
+    demo.queue(default_concurrency_limit=16)
+    return demo
+
+
+def launch(ctx: AppContext, *, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, block: bool = True,
+           quiet: bool = False) -> Any:
+    """Start the server; with `block=False` return the running Blocks (call `.close()` to stop)."""
+    from annotation_app.auth import StoreAuth
+    from annotation_app.shortcuts import shortcuts_head
+
+    if not ctx.store.list_users():
+        from annotation_app.errors import AppError
+
+        raise AppError(f"store {ctx.store.path} has no users: add one with "
+                       f"`refcoco-edit app users add NAME --role admin --store {ctx.store.path}`")
+    demo = build_app(ctx)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: reachable from other machines; put it behind HTTPS", host)
+    demo.launch(server_name=host, server_port=port, auth=StoreAuth(ctx.store),
+                auth_message="Sign in with your RefCOCO-Edit account.", prevent_thread_lock=not block,
+                max_file_size=ctx.config.max_upload_bytes, show_error=True, quiet=quiet, ssr_mode=False,
+                enable_monitoring=False, mcp_server=False, run_history=False, footer_links=["api", "settings"],
+                head=shortcuts_head(), css=CSS)
+    return demo

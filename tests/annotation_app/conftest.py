@@ -1,0 +1,124 @@
+"""Fixtures for the app's handler tests: a store with four users, the bundled RefShapes sample, and
+pipelines that need no weights (OpenCV removal for real, a fake painter for the diffusion ones)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PASSWORDS = {"ann1": "pw-ann1", "ann2": "pw-ann2", "rev1": "pw-rev1", "boss": "pw-boss"}
+ROLES = {"ann1": "annotator", "ann2": "annotator", "rev1": "reviewer", "boss": "admin"}
+
+
+class FakePipeline:
+    """Paints the region a flat colour that depends on the seed; M_e is the region. Records calls."""
+
+    def __init__(self, name: str, model: str | None = None) -> None:
+        self.name = name
+        self.model = model or "fake"
+        self.calls: list[dict] = []
+
+    def generate(self, image, mask, *, num=1, seed=0, **kwargs):
+        from PIL import Image
+
+        from refcoco_edit.pipelines.base import Candidate
+
+        self.calls.append({"num": num, "seed": seed, **kwargs})
+        m = np.asarray(mask).astype(bool)
+        out = []
+        for i in range(num):
+            arr = np.asarray(image.convert("RGB")).copy()
+            arr[m] = ((seed + i) * 40 % 256, 200, 100)
+            out.append(Candidate(image=Image.fromarray(arr), seed=seed + i,
+                                 params={"seed": seed + i, "steps": kwargs.get("steps"), "text": kwargs.get("text")},
+                                 model=self.model, edit_mask=m.astype(np.uint8)))
+        return out
+
+
+def pipeline_factory(name: str, model: str | None):
+    """The real OpenCV removal (no weights, fast); fakes for the diffusion pipelines."""
+    if name == "classical_inpaint":
+        from refcoco_edit.pipelines import get_pipeline
+
+        return get_pipeline(name, progress=False)
+    return FakePipeline(name, model)
+
+
+@pytest.fixture(scope="session")
+def refshapes():
+    from refcoco_edit.refer import RefCOCO
+
+    return RefCOCO.load("sample")
+
+
+@pytest.fixture(scope="session")
+def verdicts(refshapes):
+    from refcoco_edit.selection import select_candidates
+
+    return {c.ref_id: c for c in select_candidates(refshapes)}
+
+
+@pytest.fixture(scope="session")
+def user_rows(tmp_path_factory) -> Path:
+    """A store holding the four users, made once (scrypt is slow on purpose); tests copy it."""
+    from refcoco_edit.store import Store
+
+    path = tmp_path_factory.mktemp("users") / "users.sqlite"
+    with Store.open(path, durable=False) as store:
+        for name, pw in PASSWORDS.items():
+            store.add_user(name, ROLES[name], pw)
+    return path
+
+
+def _copy_store(src: Path, dst: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+
+
+@pytest.fixture
+def make_ctx(tmp_path, refshapes, verdicts, user_rows) -> Iterator:
+    """`make_ctx(**config)` -> an AppContext on a fresh store in tmp_path (closed at the end)."""
+    from annotation_app.context import AppConfig, AppContext
+    from refcoco_edit.store import Store
+
+    made = []
+
+    def make(name: str = "store.sqlite", **config):
+        path = tmp_path / name
+        if not path.exists():
+            _copy_store(user_rows, path)
+        store = Store.open(path, durable=False)
+        cfg = AppConfig(store_path=path, durable=False, **config)
+        ctx = AppContext(cfg, store=store, data=refshapes, verdicts=verdicts, pipeline_factory=pipeline_factory)
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.close()
+
+
+@pytest.fixture
+def ctx(make_ctx):
+    return make_ctx()
+
+
+def inside_pixel(ctx, image_id: int, ann_id: int) -> tuple[int, int]:
+    """A pixel (x, y) where a click means object `ann_id` (inside it, not on a smaller object)."""
+    from annotation_app.render import object_at
+
+    objects = ctx.objects(image_id)
+    mask = next(o.mask for o in objects if o.ann_id == ann_id)
+    ys, xs = np.nonzero(mask)
+    order = np.argsort(np.hypot(ys - ys.mean(), xs - xs.mean()))
+    for k in order:
+        x, y = int(xs[k]), int(ys[k])
+        hit = object_at(objects, x, y)
+        if hit is not None and hit.ann_id == ann_id:
+            return x, y
+    raise AssertionError(f"no pixel selects object {ann_id}")
