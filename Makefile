@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,app
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install demo test test-all bench clean
 
@@ -16,7 +17,6 @@ $(BIN)/python:
 
 # Re-install only when the project's requirements change.
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	# clip-anytorch only for its BPE vocabulary file; --no-deps keeps torchvision and a CUDA torch out
 	$(PIP) install --quiet --no-deps "clip-anytorch==2.6.0"
