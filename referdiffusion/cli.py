@@ -13,6 +13,7 @@ from refcoco_edit.cli import build_parser, run_cli
 COMMANDS: dict[str, str] = {
     "init": "referdiffusion.commands.init",
     "edit": "referdiffusion.commands.edit",
+    "train": "referdiffusion.commands.train",
 }
 
 

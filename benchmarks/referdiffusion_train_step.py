@@ -1,0 +1,376 @@
+"""Benchmark: one ReferDiffusion training step against a plain InstructPix2Pix training step.
+
+Both steps use the same UNet (same size and initial weights), the same frozen VAE and text encoder,
+the same batch (pixels in [-1, 1], masks, token ids, fixed noise and timesteps) and AdamW. They differ
+by what ReferDiffusion adds:
+
+- InstructPix2Pix: `compute_losses(rem=None)`, L_noise only, AdamW over the UNet;
+- ReferDiffusion: the Region-Embedder Module in front of the UNet and all four losses (L_noise, L_mask,
+  L_edit, L_rcl), AdamW over UNet + REM.
+
+A step = VAE encoding of both images, text encoding, forward, backward, optimiser step (as the trainer's).
+Mixed precision as the trainer runs it: float32 weights, autocast to `--dtype` (float16 with a gradient
+scaler on CUDA), the frozen VAE and text encoder in `--dtype`.
+
+Time: both variants live in this process and alternate A B B A ... after `--warmup` steps each, so
+load drifts on a shared machine hit both; the table gives the median and best wall time of `--steps`
+steps, and on the CPU the median process CPU time. Memory: each variant runs in its own subprocess
+(`--worker`), so peaks do not mix. On CUDA the peak is `torch.cuda.max_memory_allocated` over the
+steps (weights, gradients, AdamW state and activations; the statistics are reset after the models are
+built). On the CPU, tracemalloc cannot see torch's allocations (they bypass Python's allocator), so the
+peak is the process's maximum resident set size (`ru_maxrss`) minus the resident size after imports,
+i.e. what building the models and training added; allocator caching makes it coarser than the CUDA figure.
+
+    python benchmarks/referdiffusion_train_step.py                 # tiny models, CPU, 64 px
+    python benchmarks/referdiffusion_train_step.py --preset sd15 --device cuda --dtype float16 --resolution 512
+    python benchmarks/referdiffusion_train_step.py --preset sd15 --flops   # FLOP count only, meta device, any machine
+
+`tiny` builds the tiny test models' architectures (UNet 32-64 channels, 2-layer CLIP text model) and `sd15`
+Stable Diffusion 1.5's (UNet 320-1280 channels, CLIP ViT-L/14 text encoder, REM at width 768), both with
+random weights from configs: no download, no tokenizer (token ids are drawn at random). Needs only torch,
+diffusers, transformers, accelerate, safetensors, numpy and this project's `referdiffusion` modules.
+Targets: ReferDiffusion / InstructPix2Pix at most 1.15x time and 1.10x memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+TIME_TARGET, MEMORY_TARGET = 1.15, 1.10
+VARIANTS = ("ip2p", "referdiffusion")
+LABELS = {"ip2p": "InstructPix2Pix (L_noise)", "referdiffusion": "ReferDiffusion (REM + 4 losses)"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+VOCAB, BOS, EOS, MAX_LEN = 49408, 49406, 49407, 77
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+def _unet(preset: str):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    if preset == "tiny":
+        return UNet2DConditionModel(
+            sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+            norm_num_groups=32,
+        )
+    return UNet2DConditionModel(in_channels=8, cross_attention_dim=768, sample_size=64)  # defaults = SD 1.5
+
+
+def _frozen(preset: str) -> dict[str, Any]:
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(1)
+    if preset == "tiny":
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 32),
+                            layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64)
+        text_cfg = CLIPTextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                  num_attention_heads=4, max_position_embeddings=MAX_LEN, hidden_act="quick_gelu",
+                                  bos_token_id=BOS, eos_token_id=EOS, pad_token_id=EOS)
+    else:
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                            sample_size=512)
+        text_cfg = CLIPTextConfig(vocab_size=VOCAB, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                  num_attention_heads=12, max_position_embeddings=MAX_LEN, hidden_act="quick_gelu",
+                                  bos_token_id=BOS, eos_token_id=EOS, pad_token_id=EOS)
+    torch.manual_seed(2)
+    text = CLIPTextModel(text_cfg)
+    return {"vae": vae, "text_encoder": text}
+
+
+def _noise_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", prediction_type="epsilon")
+
+
+def _rem(text_dim: int):
+    """The REM `referdiffusion init` would add (default arguments at the text encoder's width)."""
+    from referdiffusion.rem import RegionEmbedder
+
+    torch.manual_seed(3)
+    heads = next(h for h in (8, 4, 2, 1) if text_dim % h == 0)
+    return RegionEmbedder(text_dim=text_dim, latent_channels=4, num_attention_heads=heads)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def make_batch(batch_size: int, resolution: int, latent_channels: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random pixels, rectangle masks, token ids with an edit span, fixed noise and timesteps."""
+    g = torch.Generator().manual_seed(seed)
+    b, r, lat = batch_size, resolution, resolution // 8
+    ids = torch.full((b, MAX_LEN), EOS, dtype=torch.long)
+    attn = torch.zeros(b, MAX_LEN, dtype=torch.long)
+    edit = torch.zeros(b, MAX_LEN)
+    source_mask = torch.zeros(b, 1, r, r)
+    edit_mask = torch.zeros(b, 1, r, r)
+    for i in range(b):
+        n = int(torch.randint(8, 20, (1,), generator=g))
+        ids[i, 0], ids[i, 1:n + 1], ids[i, n + 1] = BOS, torch.randint(0, 49000, (n,), generator=g), EOS
+        attn[i, : n + 2] = 1
+        edit[i, 2:6] = 1
+        y0, x0 = (int(v) for v in torch.randint(0, r // 2, (2,), generator=g))
+        source_mask[i, :, y0:y0 + r // 3, x0:x0 + r // 3] = 1
+        edit_mask[i, :, max(0, y0 - 4):y0 + r // 3 + 4, max(0, x0 - 4):x0 + r // 3 + 4] = 1
+    return {
+        "input_ids": ids, "attention_mask": attn, "edit_token_mask": edit,
+        "edited_pixel_values": torch.rand(b, 3, r, r, generator=g) * 2 - 1,
+        "source_pixel_values": torch.rand(b, 3, r, r, generator=g) * 2 - 1,
+        "source_mask": source_mask, "edit_mask": edit_mask,
+        "noise": torch.randn(b, latent_channels, lat, lat, generator=g),
+        "timesteps": torch.randint(0, 1000, (b,), generator=g),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the step
+
+
+class Setup:
+    """One variant's trainable parts and optimiser, over shared frozen parts."""
+
+    def __init__(self, variant: str, unet: Any, frozen: dict[str, Any], device: torch.device,
+                 dtype: torch.dtype) -> None:
+        from referdiffusion.losses import LossConfig
+
+        self.variant, self.frozen, self.device, self.dtype = variant, frozen, device, dtype
+        self.unet = unet.to(device).train()
+        params = list(self.unet.parameters())
+        self.rem = None
+        if variant == "referdiffusion":
+            with device:
+                self.rem = _rem(frozen["text_encoder"].config.hidden_size).to(device).train()
+            params += list(self.rem.parameters())
+            self.loss_config = LossConfig()  # all four terms, weight 1
+        else:
+            self.loss_config = LossConfig(mask_weight=0, edit_weight=0, rcl_weight=0)
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        from referdiffusion.losses import compute_losses
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = compute_losses(batch, unet=self.unet, rem=self.rem, noise_scheduler=self.frozen["scheduler"],
+                                 text_encoder=self.frozen["text_encoder"], vae=self.frozen["vae"],
+                                 config=self.loss_config)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(out.loss.detach())
+
+
+def _frozen_on(preset: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    with device:  # random initialisation on the device itself (fast for SD 1.5 sizes on a GPU)
+        frozen = _frozen(preset)
+    frozen["scheduler"] = _noise_scheduler()
+    for name in ("vae", "text_encoder"):
+        frozen[name].requires_grad_(False)
+        frozen[name].to(device)
+        if dtype != torch.float32:
+            frozen[name].to(dtype=dtype)
+        frozen[name].eval()
+    return frozen
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of one variant (run in its own process)."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    base_rss = _rss_mb()
+    frozen = _frozen_on(args.preset, device, dtype)
+    with device:
+        unet = _unet(args.preset)
+    setup = Setup(args.worker, unet, frozen, device, dtype)
+    batch = make_batch(args.batch_size, args.resolution)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.warmup + 2):
+        setup.step(batch)
+    _sync(device)
+    out: dict[str, Any] = {"variant": args.worker}
+    if device.type == "cuda":
+        out["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        out["kind"] = "torch.cuda.max_memory_allocated"
+    else:
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        out["peak_mb"] = peak_rss - base_rss
+        out["peak_rss_mb"] = peak_rss
+        out["kind"] = "peak RSS - RSS after imports"
+    return out
+
+
+def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    results = {}
+    for variant in VARIANTS:
+        cmd = [sys.executable, __file__, "--worker", variant, "--preset", args.preset, "--device", args.device,
+               "--dtype", args.dtype, "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
+               "--warmup", str(args.warmup)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"memory worker {variant} failed:\n{proc.stderr[-3000:]}")
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def measure_time(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    frozen = _frozen_on(args.preset, device, dtype)
+    with device:
+        unet = _unet(args.preset)
+    setups = {"ip2p": Setup("ip2p", copy.deepcopy(unet), frozen, device, dtype),
+              "referdiffusion": Setup("referdiffusion", unet, frozen, device, dtype)}
+    batch = make_batch(args.batch_size, args.resolution)
+    for _ in range(args.warmup):
+        for s in setups.values():
+            s.step(batch)
+    walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    losses: dict[str, float] = {}
+    for i in range(args.steps):
+        order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]  # A B, B A, ...
+        for v in order:
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            losses[v] = setups[v].step(batch)
+            _sync(device)
+            walls[v].append(time.perf_counter() - t0)
+            cpus[v].append(time.process_time() - c0)
+    return {v: {"median_ms": 1e3 * statistics.median(walls[v]), "best_ms": 1e3 * min(walls[v]),
+                "cpu_median_ms": 1e3 * statistics.median(cpus[v]), "last_loss": losses[v],
+                "parameters_m": sum(p.numel() for p in setups[v].optimizer.param_groups[0]["params"]) / 1e6}
+            for v in VARIANTS}
+
+
+def count_flops(preset: str, batch_size: int, resolution: int) -> dict[str, float]:
+    """FLOPs of both steps' forward and backward (VAE and text encoding included, the optimiser and the
+    element-wise losses left out), counted on the meta device: nothing is computed, any size fits."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        frozen, unet = _frozen(preset), _unet(preset)
+        rem = _rem(frozen["text_encoder"].config.hidden_size)
+    b, lat = batch_size, resolution // 8
+
+    def count(use_rem: bool) -> int:
+        with FlopCounterMode(display=False) as counter, torch.device("meta"):
+            with torch.no_grad():
+                frozen["vae"].encode(torch.randn(2 * b, 3, resolution, resolution))
+                embeds = frozen["text_encoder"](torch.zeros(b, MAX_LEN, dtype=torch.long))[0]
+            cond, extra = embeds, 0.0
+            if use_rem:
+                out = rem(embeds, torch.randn(b, 4, lat, lat), torch.ones(b, MAX_LEN))
+                cond, extra = out.condition, out.mask_logits.mean() + out.edit_embedding.mean()
+            pred = unet(torch.randn(b, 8, lat, lat), torch.zeros(b, dtype=torch.long),
+                        encoder_hidden_states=cond).sample
+            (pred.pow(2).mean() + extra).backward()
+        return counter.get_total_flops()
+
+    plain, refer = count(False), count(True)
+    return {"ip2p_tflop": plain / 1e12, "referdiffusion_tflop": refer / 1e12, "ratio": refer / plain,
+            "unet_params_m": sum(p.numel() for p in unet.parameters()) / 1e6,
+            "rem_params_m": sum(p.numel() for p in rem.parameters()) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="autocast dtype (float32: no mixed precision)")
+    parser.add_argument("--resolution", type=int, help="image side in pixels (default 64 tiny, 512 sd15)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory workers")
+    parser.add_argument("--flops", action="store_true",
+                        help="only count both steps' FLOPs on the meta device (no compute; e.g. sd15 on a CPU)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.resolution = args.resolution or (64 if args.preset == "tiny" else 512)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if args.flops:
+        f = count_flops(args.preset, args.batch_size, args.resolution)
+        print(f"FLOPs per training step (forward + backward), preset {args.preset}, "
+              f"{args.resolution}x{args.resolution}, batch {args.batch_size}: InstructPix2Pix "
+              f"{1e3 * f['ip2p_tflop']:.2f} GFLOP, ReferDiffusion {1e3 * f['referdiffusion_tflop']:.2f} GFLOP, "
+              f"ratio {f['ratio']:.4f}; parameters UNet {f['unet_params_m']:.2f} M, REM {f['rem_params_m']:.2f} M")
+        return
+
+    memory = {} if args.no_memory else measure_memory(args)
+    times = measure_time(args)
+    rows = []
+    for v in VARIANTS:
+        t, m = times[v], memory.get(v, {})
+        rows.append((LABELS[v], f"{t['median_ms']:.1f}", f"{t['best_ms']:.1f}", f"{t['cpu_median_ms']:.1f}",
+                     f"{m['peak_mb']:.1f}" if m else "-", f"{t['parameters_m']:.2f}"))
+    tr = times["referdiffusion"]["median_ms"] / times["ip2p"]["median_ms"]
+    cr = times["referdiffusion"]["cpu_median_ms"] / times["ip2p"]["cpu_median_ms"]
+    mr = memory["referdiffusion"]["peak_mb"] / memory["ip2p"]["peak_mb"] if memory else float("nan")
+    rows.append(("ratio (target time <= 1.15, memory <= 1.10)", f"{tr:.3f}", "", f"{cr:.3f}",
+                 f"{mr:.3f}" if memory else "-", ""))
+    print(f"training step, preset {args.preset}, {args.device}, {args.dtype}, {args.resolution}x{args.resolution}, "
+          f"batch {args.batch_size}, {args.steps} timed steps each (ABBA), torch threads {torch.get_num_threads()}")
+    if memory:
+        print(f"memory: {memory['ip2p']['kind']}")
+    header = ("step", "median ms", "best ms", "CPU ms", "peak MB", "trained params (M)")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    ok_t, ok_m = tr <= TIME_TARGET, (not memory) or mr <= MEMORY_TARGET
+    memory_verdict = (f"memory {'within' if ok_m else 'OVER'} target ({mr:.3f} <= {MEMORY_TARGET})" if memory
+                      else "memory skipped")
+    print(f"time {'within' if ok_t else 'OVER'} target ({tr:.3f} <= {TIME_TARGET}); {memory_verdict}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "time": times, "memory": memory,
+                                               "time_ratio": tr, "cpu_time_ratio": cr, "memory_ratio": mr}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""`sample:synth` and `sample:edits`: training data made once from the bundled RefShapes sample.
+
+So that `referdiffusion train --config tiny` runs with nothing prepared, a stage's `dataset` may name:
+
+- `sample:synth`: stage-1 data, `refcoco-edit synth --refcoco sample` (every ref, seed 0);
+- `sample:edits`: stage-2 data, RefShapes' ground-truth edits built into a store and exported, as
+  `refcoco-edit build --refcoco sample --pipelines synthetic --auto-accept oracle` then
+  `refcoco-edit export`.
+
+Each is written once into `<cache>/datasets/` (the cache of `refcoco_edit.models.cache_dir()`) under a
+file lock, in a temporary folder renamed into place, so a folder that exists is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from refcoco_edit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_DATA_VERSION = "v1"
+SAMPLE_DATASETS = ("sample:synth", "sample:edits")
+
+
+def sample_folder(spec: str) -> Path:
+    from refcoco_edit.models import cache_dir
+
+    kind = spec.split(":", 1)[1]
+    return cache_dir() / "datasets" / f"refshapes-{kind}-{SAMPLE_DATA_VERSION}"
+
+
+def _make_synth(out: Path) -> None:
+    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.synth import SynthConfig, synth_dataset
+
+    synth_dataset(RefCOCO.load("sample"), out, SynthConfig(seed=0))
+
+
+def _make_edits(out: Path) -> None:
+    from refcoco_edit.build import BuildConfig, build
+    from refcoco_edit.export import export_store
+    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="refshapes-store-") as tmp:
+        store_path = Path(tmp) / "store.db"
+        cfg = BuildConfig(pipelines=("synthetic",), auto_accept="oracle").check()
+        with Store.open(store_path) as store:
+            build(RefCOCO.load("sample"), store, cfg, progress=False)
+        export_store(store_path, out)
+
+
+def materialize_sample_dataset(spec: str) -> Path:
+    """The folder of `sample:synth` or `sample:edits`, made on first use."""
+    if spec not in SAMPLE_DATASETS:
+        raise InputError(f"unknown sample dataset {spec!r}; known: {', '.join(SAMPLE_DATASETS)}")
+    dest = sample_folder(spec)
+    if dest.is_dir():
+        return dest
+    from filelock import FileLock
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / f".{dest.name}.lock")):
+        if dest.is_dir():
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            log.info("making %s in %s (once)", spec, dest)
+            out = tmp / "data"
+            (_make_synth if spec == "sample:synth" else _make_edits)(out)
+            os.replace(out, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
