@@ -10,7 +10,12 @@ from collections.abc import Sequence
 
 from refcoco_edit.cli import build_parser, run_cli
 
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "run": "benchmark.commands.run",
+    "score": "benchmark.commands.score",
+    "leaderboard": "benchmark.commands.leaderboard",
+    "list": "benchmark.commands.list",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,96 @@
+"""`referdiffusion`: the toolkit's own method, a ReferDiffusion checkpoint (`referdiffusion init` or
+training) through `ReferDiffusionPipeline`.
+
+It gets the whole referring prompt P as is (it is trained on RefCOCO-Edit prompts, so no instruction
+suffix), the source at the working size (longer side 512 unless `--size`), the checkpoint's
+scheduler (DDIM), InstructPix2Pix's guidance with its defaults (text 7.5, image 1.5) and 50 steps.
+The REM's predicted mask of the referred object is compared with the dataset's and its IoU kept in
+samples.jsonl (`mask_iou`), which tells referring errors from editing errors.
+
+The checkpoint is a folder: `--method-model DIR`, or the environment variable
+REFCOCO_EDIT_MODEL_REFERDIFFUSION.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.methods.base import EditResult, Method
+from refcoco_edit.errors import ModelNotAvailableError
+
+ENV = "REFCOCO_EDIT_MODEL_REFERDIFFUSION"
+
+
+class ReferDiffusionMethod(Method):
+    name = "referdiffusion"
+    description = "ReferDiffusion (InstructPix2Pix + Region-Embedder Module) on the referring prompt"
+    reads = ("source_image", "prompt")
+    default_steps = 50
+    default_size = 512
+    option_defaults = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.checkpoint = kwargs.pop("model", None) or os.environ.get(ENV, "").strip() or None
+        super().__init__(**kwargs)
+        self.pipe: Any = None
+
+    def availability(self) -> str | None:
+        if not self.checkpoint:
+            return (f"no ReferDiffusion checkpoint: pass --method-model DIR or set {ENV}=DIR "
+                    "(make one with `referdiffusion init`)")
+        folder = Path(self.checkpoint).expanduser()
+        if not (folder / "model_index.json").is_file():
+            return f"{folder} is not a ReferDiffusion checkpoint (no model_index.json); make one with `referdiffusion init`"
+        return None
+
+    def weights(self) -> str | None:
+        return None if self.availability() else str(Path(self.checkpoint).expanduser().absolute())
+
+    def setup(self) -> None:
+        from benchmark.methods._common import device_and_dtype
+        from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+        from refcoco_edit.pipelines.base import place
+
+        self.device, self.dtype = device_and_dtype(self.device, self.dtype)
+        folder = Path(self.checkpoint).expanduser()
+        try:
+            pipe = ReferDiffusionPipeline.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            raise ModelNotAvailableError(f"cannot load ReferDiffusion checkpoint {folder}: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+        self.pipe = place(pipe, self.device, self.dtype)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def config(self) -> dict[str, Any]:
+        out = super().config()
+        out["model"] = str(Path(self.checkpoint).expanduser().absolute()) if self.checkpoint else None
+        return out
+
+    def label(self) -> str:
+        return self.name
+
+    def edit(self, sample: Any, *, seed: int) -> Any:
+        from PIL import Image
+
+        from benchmark.methods._common import back_to_source, cpu_generator, working_image
+
+        source = sample.source_image
+        out = self.pipe(
+            sample.prompt,
+            image=working_image(source, self.size),
+            num_inference_steps=self.steps,
+            guidance_scale=float(self.options["guidance_scale"]),
+            image_guidance_scale=float(self.options["image_guidance_scale"]),
+            generator=cpu_generator(seed),
+        )
+        info: dict[str, Any] = {}
+        if sample.source_mask is not None:
+            predicted = np.asarray(out.masks[0].resize(source.size, Image.Resampling.NEAREST)) > 127
+            gt = np.asarray(sample.source_mask).astype(bool)
+            union = int((predicted | gt).sum())
+            info["mask_iou"] = float((predicted & gt).sum() / union) if union else None
+        return EditResult(back_to_source(out.images[0], source.size), info)
