@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,14 +18,22 @@ from refcoco_edit.errors import RefcocoEditError
 
 # Subcommand name -> module. The order here is the order `--help` lists them.
 COMMANDS: dict[str, str] = {
+    # the data
     "stats": "refcoco_edit.commands.stats",
     "refs": "refcoco_edit.commands.refs",
     "mask": "refcoco_edit.commands.mask",
+    "sample": "refcoco_edit.commands.sample",
+    # sources, prompts, models and edits
     "candidates": "refcoco_edit.commands.candidates",
     "prompt": "refcoco_edit.commands.prompt",
-    "sample": "refcoco_edit.commands.sample",
     "models": "refcoco_edit.commands.models",
+    "generate": "refcoco_edit.commands.generate",
+    # the dataset
+    "build": "refcoco_edit.commands.build",
     "store": "refcoco_edit.commands.store",
+    "export": "refcoco_edit.commands.export",
+    "synth": "refcoco_edit.commands.synth",
+    "app": "refcoco_edit.commands.app",
     "demo": "refcoco_edit.commands.demo",
 }
 
@@ -66,6 +75,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
