@@ -263,12 +263,13 @@ class GroundTruth:
 
     def edited_image(self, rec: dict):
         from refcoco_edit.images import open_image
+        from refcoco_edit.refer import member_path
 
         name = rec.get("edited_file")
         if not name:
             raise DataError(f"edit {rec.get('edit_id')} of ref {rec.get('ref_id')} has no edited image "
                             "(the dataset was generated without images)")
-        return open_image(self.folder / name)
+        return open_image(member_path(self.folder, name, f"{self.folder / EDITS_FILE}: edit {rec.get('edit_id')}"))
 
     def edit_mask(self, rec: dict, height: int, width: int) -> np.ndarray:
         from refcoco_edit.refer import decode_segmentation

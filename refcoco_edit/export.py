@@ -322,10 +322,18 @@ class DatasetWriter:
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
+    """`out` may be written when it is absent, empty, or (with `overwrite`) an earlier export: the
+    whole folder is replaced, so any other folder (a home, a project) is refused, never deleted."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
         raise InputError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    names = {p.name for p in out.iterdir()}
+    if not (out / CARD).is_file() or not (out / DATA_DIR).is_dir() or names - {CARD, DATA_DIR, SAVE_TO_DISK_DIR}:
+        raise InputError(f"{out} does not hold an earlier export (only {CARD}, {DATA_DIR}/ and "
+                         f"{SAVE_TO_DISK_DIR}/); --overwrite replaces the whole folder, so it is refused here")
 
 
 def _install(tmp: Path, out: Path, overwrite: bool) -> None:

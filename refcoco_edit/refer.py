@@ -446,7 +446,7 @@ class RefCOCO:
     def image_path(self, image_id: int) -> Path:
         if self.image_dir is None:
             raise DataError(f"{self.dataset}: no image folder set")
-        return self.image_dir / self.image(image_id)["file_name"]
+        return member_path(self.image_dir, self.image(image_id).get("file_name"), f"image {image_id}")
 
     def load_image(self, image_id: int):
         """The image as RGB, checked against the size instances.json gives it."""
@@ -475,6 +475,17 @@ class RefCOCO:
         }
 
 
+def member_path(folder: Path, name: Any, what: str) -> Path:
+    """`folder / name` for a file name read from a data file, refused when it would leave `folder`
+    (absolute, `..`), so a crafted dataset cannot make the toolkit read and publish other files."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{what}: no file name")
+    rel = Path(name)
+    if rel.is_absolute() or rel.drive or ".." in rel.parts:
+        raise DataError(f"{what}: file name {name!r} points outside {folder}")
+    return Path(folder) / rel
+
+
 def decode_segmentation(segm: Any, height: int, width: int, what: str = "segmentation") -> np.ndarray:
     """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a (H, W) 0/1 uint8 mask."""
     from pycocotools import mask as mask_utils
@@ -493,6 +504,12 @@ def decode_segmentation(segm: Any, height: int, width: int, what: str = "segment
             if list(segm["size"]) != [height, width]:
                 raise DataError(f"{what}: RLE size {list(segm['size'])} differs from the image's {[height, width]}")
             if isinstance(segm["counts"], list):
+                # pycocotools leaves the pixels past a short run list as uninitialised memory
+                runs = segm["counts"]
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in runs):
+                    raise DataError(f"{what}: RLE counts must be non-negative integers")
+                if sum(runs) != height * width:
+                    raise DataError(f"{what}: RLE counts cover {sum(runs)} pixels, not {height}x{width}")
                 rle = mask_utils.frPyObjects(segm, height, width)
             else:
                 counts = segm["counts"]

@@ -30,18 +30,18 @@ def encode(mask: Any) -> dict:
 
 
 def decode(rle: dict) -> np.ndarray:
-    """The (H, W) uint8 mask of 0 and 1 that an `encode` result stands for (C-ordered)."""
-    from pycocotools import mask as mask_utils
+    """The (H, W) uint8 mask of 0 and 1 that an `encode` result stands for (C-ordered).
+
+    Decoded by `refer.decode_segmentation`, which checks that the runs cover exactly H*W pixels:
+    pycocotools itself would leave the pixels past short runs as uninitialised memory.
+    """
+    from refcoco_edit.refer import decode_segmentation
 
     try:
         h, w = (int(v) for v in rle["size"])
-        counts = rle["counts"]
-        if isinstance(counts, str):
-            counts = counts.encode("ascii")
-        m = mask_utils.decode({"size": [h, w], "counts": counts})
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"not a COCO RLE mask: {exc}") from None
-    return np.ascontiguousarray(m, dtype=np.uint8)
+    return decode_segmentation(rle, h, w, "not a COCO RLE mask")
 
 
 def to_json(mask: Any | None) -> str | None:

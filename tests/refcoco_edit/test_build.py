@@ -290,6 +290,25 @@ def test_corrupt_and_missing_images_are_recorded_and_skipped(tmp_path, capsys):
         assert st.failures() == [] and st.count() == summary["units"]
 
 
+def test_ground_truth_file_names_cannot_leave_the_dataset_folder(tmp_path):
+    root = _copy_sample(tmp_path)
+    edits_path = root / "refshapes" / "edits.json"
+    raw = json.loads(edits_path.read_text())
+    ref_id = raw["edits"][0]["ref_id"]
+    edit_type = raw["edits"][0]["edit_type"]
+    # a real image one folder up: without the check the build would read and store it
+    shutil.copy(root / "refshapes" / raw["edits"][0]["edited_file"], tmp_path / "elsewhere.png")
+    raw["edits"][0]["edited_file"] = "../../elsewhere.png"
+    edits_path.write_text(json.dumps(raw))
+    data = RefCOCO.load(root)
+    cfg = BuildConfig(pipelines=("synthetic",), edits=(edit_type,))
+    with Store.open(tmp_path / "s.db") as st:
+        build(data, st, cfg)
+        key = unit_key("refshapes", "unc", ref_id, edit_type, "synthetic")
+        errors = {f.key: f.error for f in st.failures()}
+        assert "points outside" in errors[key]
+
+
 def test_pipeline_error_is_recorded_and_build_goes_on(tmp_path):
     data = RefCOCO.load("sample")
     cfg = BuildConfig(pipelines=("classical_inpaint",), edits=("remove",), limit=6)

@@ -272,6 +272,27 @@ def test_refused_export_keeps_the_previous_dataset(tmp_path: Path, store_path: P
     assert summary.rows == N_EDITS + 1
 
 
+def test_overwrite_replaces_only_an_earlier_export(tmp_path: Path, store_path: Path) -> None:
+    # --overwrite replaces the whole folder; a folder that is not an export must never be deleted
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("keep me")
+    (project / "data").mkdir()
+    with pytest.raises(InputError, match="does not hold an earlier export"):
+        export_store(store_path, project, overwrite=True)
+    assert main(["export", "--store", str(store_path), "--out", str(project), "--overwrite"]) == 2
+    assert (project / "notes.txt").read_text() == "keep me"
+    # an export with a stray file added is not an earlier export either
+    out = tmp_path / "ds"
+    export_store(store_path, out, save_to_disk=False)
+    (out / "mine.txt").write_text("x")
+    with pytest.raises(InputError, match="does not hold an earlier export"):
+        export_store(store_path, out, overwrite=True)
+    (out / "mine.txt").unlink()
+    assert export_store(store_path, out, overwrite=True).rows == N_EDITS
+    assert (out / "hf").is_dir()
+
+
 def test_no_op_edit_may_have_an_empty_edit_mask(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     with Store.open(path, durable=False) as store:

@@ -120,6 +120,22 @@ def test_rle_that_overruns_the_image_is_refused() -> None:
     assert decode_segmentation([[0, 0, 10, 0, 10, 10, 0, 10]], 10, 10).sum() == m.sum()
 
 
+def test_uncompressed_rle_must_cover_the_image_exactly() -> None:
+    # pycocotools would fill the pixels past short runs with whatever memory held, or overflow
+    with pytest.raises(DataError, match="cover 3 pixels"):
+        decode_segmentation({"size": [4, 4], "counts": [3]}, 4, 4)
+    with pytest.raises(DataError, match="cover 23 pixels"):
+        decode_segmentation({"size": [4, 4], "counts": [3, 20]}, 4, 4)
+    with pytest.raises(DataError, match="non-negative integers"):
+        decode_segmentation({"size": [4, 4], "counts": [20, -4]}, 4, 4)
+    with pytest.raises(DataError, match="non-negative integers"):
+        decode_segmentation({"size": [4, 4], "counts": [3.5, 12.5]}, 4, 4)
+    m = decode_segmentation({"size": [4, 4], "counts": [5, 6, 5]}, 4, 4)
+    expected = np.zeros(16, np.uint8)
+    expected[5:11] = 1
+    np.testing.assert_array_equal(m, expected.reshape(4, 4, order="F"))
+
+
 class _Evil:
     def __init__(self, target: str) -> None:
         self.target = target
@@ -220,6 +236,23 @@ def test_images_are_checked(mini_root: Path) -> None:
     path.unlink()
     with pytest.raises(DataError, match="image not found"):
         data.load_image(2)
+
+
+def test_image_file_names_cannot_leave_the_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = make_mini_refcoco(tmp_path / "r")
+    outside = tmp_path / "private.png"
+    Image.new("RGB", (60, 40), (1, 2, 3)).save(outside)
+    names = {1: "../../../../../private.png", 2: str(outside)}
+    _rewrite_instances(root, lambda inst: [im.update(file_name=names[im["id"]]) for im in inst["images"]])
+    data = RefCOCO.load(root)
+    for image_id in (1, 2):
+        with pytest.raises(DataError, match="points outside"):
+            data.load_image(image_id)
+    _rewrite_instances(root, lambda inst: inst["images"][0].pop("file_name"))
+    with pytest.raises(DataError, match="image 1: no file name"):
+        RefCOCO.load(root).image_path(1)
 
 
 def test_oversized_image_refused_before_decoding(tmp_path: Path) -> None:

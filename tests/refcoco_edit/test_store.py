@@ -93,6 +93,18 @@ def test_rle_matches_a_hand_written_column_major_run_length() -> None:
         rle.encode(np.zeros((2, 2, 2), np.uint8))
 
 
+def test_rle_whose_runs_do_not_cover_the_mask_is_refused() -> None:
+    # a dump or a damaged row may hold such counts; pycocotools would return uninitialised memory
+    from refcoco_edit.errors import DataError
+
+    full = rle.encode(np.ones((8, 8), np.uint8))["counts"]
+    for counts in ("3", "0", full):
+        with pytest.raises(DataError, match="not a COCO RLE mask"):
+            rle.decode({"size": [4, 4], "counts": counts})
+    with pytest.raises(DataError, match="not a COCO RLE mask"):
+        rle.decode({"counts": "3"})
+
+
 def test_blobs_are_named_by_their_pixels_and_read_back_exactly(store: Store) -> None:
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (16, 12, 3), dtype=np.uint8)),
