@@ -433,7 +433,10 @@ def materialize(name: str, root: Path | None = None) -> Path:
 
 
 def _build_quietly(builder: Callable[[Path], None], out: Path) -> None:
-    """Run a builder with the libraries' progress bars and info chatter turned down."""
+    """Run a builder with the libraries' progress bars and info chatter turned down, and the caller's
+    global torch RNG left as it was (the builders seed it: a first use must not change what a seeded
+    program draws next)."""
+    import torch
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -444,7 +447,8 @@ def _build_quietly(builder: Callable[[Path], None], out: Path) -> None:
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     try:
-        builder(out)
+        with torch.random.fork_rng(devices=[]):
+            builder(out)
     finally:
         dlog.set_verbosity(d_level)
         tlog.set_verbosity(t_level)

@@ -82,39 +82,60 @@ def resolve_source(name_or_dir: str) -> str:
     return resolve(name_or_dir).source
 
 
-def _load(source: str) -> dict[str, Any]:
+def model_name(name_or_dir: str) -> str | None:
+    """The resolver name that `name_or_dir` stands for, None when it is a folder (folders win, as in
+    `resolve_source`)."""
+    from refcoco_edit.models import MODEL_SPECS
+
+    if Path(name_or_dir).expanduser().is_dir() or name_or_dir not in MODEL_SPECS:
+        return None
+    return name_or_dir
+
+
+def _load_parts(source: str) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     def sub(cls: Any, folder: str) -> Any:
         return cls.from_pretrained(source, subfolder=folder)
 
+    return {
+        "unet": sub(UNet2DConditionModel, "unet"),
+        "vae": sub(AutoencoderKL, "vae"),
+        "text_encoder": sub(CLIPTextModel, "text_encoder"),
+        "tokenizer": sub(CLIPTokenizer, "tokenizer"),
+        "scheduler": ddim_scheduler(DDIMScheduler.load_config(source, subfolder="scheduler")),
+    }
+
+
+def _load(source: str, name: str | None = None) -> dict[str, Any]:
+    """The components of `source`; a model `name` loads through the resolver, so that a missing model's
+    error names the setting to set (and HF_HUB_OFFLINE fails fast)."""
+    if name is not None:
+        from refcoco_edit.models import load_pretrained
+
+        return load_pretrained(name, _load_parts)
     try:
-        return {
-            "unet": sub(UNet2DConditionModel, "unet"),
-            "vae": sub(AutoencoderKL, "vae"),
-            "text_encoder": sub(CLIPTextModel, "text_encoder"),
-            "tokenizer": sub(CLIPTokenizer, "tokenizer"),
-            "scheduler": ddim_scheduler(DDIMScheduler.load_config(source, subfolder="scheduler")),
-        }
+        return _load_parts(source)
     except (OSError, ValueError) as exc:
         raise ModelNotAvailableError(
             f"cannot load a Stable Diffusion / InstructPix2Pix checkpoint from {source}: {type(exc).__name__}: {exc}"
         ) from exc
 
 
-def make_pipeline(source: str, seed: int = 0, rem_kwargs: dict[str, Any] | None = None):
-    """An in-memory `ReferDiffusionPipeline` initialised from `source` (a folder or Hub id)."""
-    return _build(source, seed, rem_kwargs)[0]
+def make_pipeline(source: str, seed: int = 0, rem_kwargs: dict[str, Any] | None = None, *, name: str | None = None):
+    """An in-memory `ReferDiffusionPipeline` initialised from `source` (a folder or Hub id), or from the
+    resolver's model `name` (then `source` is only reported)."""
+    return _build(source, seed, rem_kwargs, name)[0]
 
 
-def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None) -> tuple[Any, str]:
+def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None, name: str | None = None) -> tuple[Any, str]:
     import torch
 
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.rem import RegionEmbedder
 
-    parts = _load(source)
+    parts = _load(source, name)
     unet = parts["unet"]
     in_ch = unet.config.in_channels
     latent_ch = parts["vae"].config.latent_channels
@@ -152,7 +173,7 @@ def init_checkpoint(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty (pass --overwrite to replace its files)")
     source = resolve_source(name_or_dir)
-    pipe, kind = _build(source, seed, rem_kwargs)
+    pipe, kind = _build(source, seed, rem_kwargs, model_name(name_or_dir))
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     n_rem = sum(p.numel() for p in pipe.rem.parameters())

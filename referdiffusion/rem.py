@@ -41,14 +41,18 @@ from torch import nn
 
 @dataclass
 class RegionEmbedderOutput(BaseOutput):
-    """What the REM computes; `condition` goes to the UNet, the rest feeds the losses and the masks."""
+    """What the REM computes; `condition` goes to the UNet, the rest feeds the losses and the masks.
 
-    condition: torch.Tensor  # c, B x L x D: the UNet's encoder_hidden_states
-    mask_logits: torch.Tensor  # M^, B x h x w (logits at latent resolution)
-    edit_embedding: torch.Tensor  # e_e, B x D
-    referring_embedding: torch.Tensor  # e_r, B x D
-    vision_embedding: torch.Tensor  # e_v, B x D
-    referring_feature: torch.Tensor  # F_er, B x D
+    The defaults are there so that the output can be rebuilt from a dict, as accelerate's mixed-precision
+    wrapper and DDP rebuild a model's outputs (`BaseOutput` then fills the fields from the dict); the REM
+    always sets every field."""
+
+    condition: torch.Tensor | None = None  # c, B x L x D: the UNet's encoder_hidden_states
+    mask_logits: torch.Tensor | None = None  # M^, B x h x w (logits at latent resolution)
+    edit_embedding: torch.Tensor | None = None  # e_e, B x D
+    referring_embedding: torch.Tensor | None = None  # e_r, B x D
+    vision_embedding: torch.Tensor | None = None  # e_v, B x D
+    referring_feature: torch.Tensor | None = None  # F_er, B x D
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

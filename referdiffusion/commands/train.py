@@ -9,7 +9,7 @@ configs: tiny (tiny models on the bundled RefShapes sample, CPU, minutes), finet
 fine-tune), +rem (REM with L_mask and L_edit), +rem+rcl (and the Region-Control Loss), full (stage 1 then
 stage 2, every loss), or a YAML file (`base: NAME` starts from a shipped one).
 
-overrides (after the options): dotted keys, a stage by its name or index, e.g.
+overrides (before, between or after the options): dotted keys, a stage by its name or index, e.g.
   referdiffusion train --config +rem stages.edit.dataset=out/refcoco-edit optim.learning_rate=1e-4
   referdiffusion train --config full stages.synth.dataset=out/synth stages.edit.dataset=out/refcoco-edit
 several GPUs or nodes: accelerate launch -m referdiffusion.cli train --config full ...
@@ -36,9 +36,32 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint folder")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides (dotted keys), after the options")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
+    _parse_intermixed(p)
     return p
+
+
+def _parse_intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let overrides and options come in any order (`train a=1 --config tiny b=2`).
+
+    The top-level parser hands this subcommand its words through `parse_known_args`, where a `nargs="*"`
+    positional takes only one run of words: overrides after an option would be "unrecognized". Intermixed
+    parsing collects them all; it calls `parse_known_args` itself, so the inner calls go to the original.
+    """
+    plain = parser.parse_known_args
+    busy = False
+
+    def parse_known_args(args=None, namespace=None):
+        nonlocal busy
+        if busy:
+            return plain(args, namespace)
+        busy = True
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            busy = False
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def run(args: argparse.Namespace) -> int:

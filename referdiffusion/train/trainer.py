@@ -156,7 +156,7 @@ def is_referdiffusion_checkpoint(path: Path) -> bool:
 
 def load_pipeline(config: TrainConfig):
     """The `ReferDiffusionPipeline` the run starts from (weights as stored, float32, on the CPU)."""
-    from referdiffusion.init import make_pipeline, resolve_source
+    from referdiffusion.init import make_pipeline, model_name, resolve_source
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
 
     m = config.model
@@ -169,7 +169,8 @@ def load_pipeline(config: TrainConfig):
         except (OSError, ValueError) as exc:
             raise ModelNotAvailableError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     try:
-        return make_pipeline(resolve_source(m.pretrained), seed=m.rem_seed, rem_kwargs=m.rem_kwargs or None)
+        return make_pipeline(resolve_source(m.pretrained), seed=m.rem_seed, rem_kwargs=m.rem_kwargs or None,
+                             name=model_name(m.pretrained))
     except TypeError as exc:
         raise ConfigError(f"model.rem_kwargs: {exc}") from None
 
@@ -195,34 +196,6 @@ class _ModelCall:
     @property
     def config(self):
         return self._inner.config
-
-
-def _rem_for_training(rem: Any):
-    """The REM behind a module whose forward returns a tuple: accelerate's mixed-precision wrapper rebuilds a
-    model's outputs in fp32 by type, which a `RegionEmbedderOutput` (fields without defaults) does not survive."""
-    from torch import nn
-
-    class RemForTraining(nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.rem = inner
-
-        def forward(self, *args: Any, **kwargs: Any) -> tuple:
-            return self.rem(*args, return_dict=False, **kwargs)
-
-    return RemForTraining(rem)
-
-
-class _RemCall:
-    """Calls the (wrapped) tuple-returning REM module and gives `compute_losses` a `RegionEmbedderOutput`."""
-
-    def __init__(self, wrapped: Any) -> None:
-        self._wrapped = wrapped
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from referdiffusion.rem import RegionEmbedderOutput
-
-        return RegionEmbedderOutput(*self._wrapped(*args, **kwargs))
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -348,7 +321,9 @@ class Trainer:
         n_pos = getattr(text_encoder.config, "max_position_embeddings", max_length)
         if max_length > n_pos:
             raise ConfigError(f"data.max_token_length {max_length} exceeds the text encoder's {n_pos} positions")
-        if main and not (self.output_dir / FROZEN / "model_index.json").is_file():
+        # A new run writes them afresh: a folder left by a run that died before its first checkpoint may
+        # hold another model's VAE and text encoder. A resumed run keeps what its checkpoints link to.
+        if main and (resume_from is None or not (self.output_dir / FROZEN / "model_index.json").is_file()):
             self._write_frozen(pipe)
         if main and resume_from is None:
             dump_config(cfg, self.output_dir / "config.yaml")
@@ -390,8 +365,8 @@ class Trainer:
         lr_scheduler = get_scheduler(o.lr_scheduler, optimizer=optimizer, num_warmup_steps=o.lr_warmup_steps,
                                      num_training_steps=cfg.total_steps)
         if use_rem:
-            unet_w, rem_w, optimizer = accelerator.prepare(unet, _rem_for_training(rem), optimizer)
-            rem = accelerator.unwrap_model(rem_w).rem
+            unet_w, rem_w, optimizer = accelerator.prepare(unet, rem, optimizer)
+            rem = accelerator.unwrap_model(rem_w)
         else:
             unet_w, optimizer = accelerator.prepare(unet, optimizer)
             rem_w = None
@@ -609,7 +584,6 @@ class _StepContext:
         self.optimizer, self.lr_scheduler, self.params, self.emas = optimizer, lr_scheduler, params, emas
         self.null_prompt, self.weight_dtype, self.trained = null_prompt, weight_dtype, trained
         self.unet_call = _ModelCall(unet_w, unet)
-        self.rem_call = _RemCall(rem_w) if rem_w is not None else None
         self.device_generator = torch.Generator(device=accelerator.device)
         self.cpu_generator = torch.Generator()
         self.wrapped = [unet_w] + ([rem_w] if rem_w is not None else [])
@@ -641,7 +615,7 @@ class _StepContext:
                 bsz, cfg.data.conditioning_dropout, self.cpu_generator)
             with acc.accumulate(*self.wrapped):
                 out = compute_losses(
-                    batch, unet=self.unet_call, rem=self.rem_call,
+                    batch, unet=self.unet_call, rem=self.rem_w,
                     noise_scheduler=self.noise_scheduler, text_encoder=self.text_encoder, vae=self.vae,
                     config=loss_config, generator=self.device_generator, null_prompt=self.null_prompt,
                     scaling_factor=float(self.vae.config.scaling_factor),

@@ -470,3 +470,14 @@ def test_materialized_model_returns_without_torch(tiny_cache):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     source, torch_loaded = out.stdout.split()
     assert Path(source).is_dir() and torch_loaded == "False"
+
+
+def test_building_a_tiny_model_leaves_the_global_torch_rng_alone(tmp_path):
+    torch = pytest.importorskip("torch")
+    from refcoco_edit.tiny_models import materialize
+
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    materialize("tiny-aesthetic", tmp_path)  # its builder seeds torch for its own weights
+    assert torch.equal(torch.rand(3), expected)

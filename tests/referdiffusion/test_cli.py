@@ -83,3 +83,13 @@ def test_package_exports_are_lazy_and_complete():
 
     assert ReferDiffusionPipeline.__module__ == "referdiffusion.pipeline_referdiffusion"
     assert RegionEmbedder.__module__ == "referdiffusion.rem"
+
+
+def test_train_overrides_may_come_before_between_and_after_options(capsys):
+    argv = ["train", "optim.learning_rate=0.001", "--config", "tiny", "seed=7", "--print-config", "batch_size=3"]
+    assert main(argv) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["learning_rate"] == 0.001
+    assert printed["seed"] == 7 and printed["batch_size"] == 3

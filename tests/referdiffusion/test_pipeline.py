@@ -198,6 +198,20 @@ def test_init_refuses_a_non_empty_folder_and_unknown_names(tiny_cache, tmp_path)
         init_checkpoint("no-such-model", tmp_path / "y")
 
 
+def test_init_from_a_missing_model_name_names_the_setting(tmp_path, monkeypatch):
+    from refcoco_edit.errors import ModelNotAvailableError
+
+    for var in ("REFCOCO_EDIT_MODEL_IP2P", "REFCOCO_EDIT_MODEL_SD15"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("REFCOCO_EDIT_CONFIG", str(tmp_path / "none.yaml"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("ip2p", "sd15"):
+        with pytest.raises(ModelNotAvailableError, match=f"REFCOCO_EDIT_MODEL_{name.upper()}"):
+            init_checkpoint(name, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_ddim_from_an_euler_config_keeps_the_schedule_and_sd_settings():
     from referdiffusion.init import ddim_scheduler
 

@@ -122,3 +122,23 @@ def test_save_and_load_round_trip(tmp_path):
     with torch.no_grad():
         a, b = rem(embeds, latents, mask), back(embeds, latents, mask)
     assert torch.equal(a.condition, b.condition) and torch.equal(a.mask_logits, b.mask_logits)
+
+
+def test_output_survives_accelerates_fp32_conversion_and_pytree():
+    """accelerate's mixed-precision wrapper rebuilds outputs as `type(out)(dict)`; DDP flattens them as pytrees."""
+    from accelerate.utils import convert_to_fp32
+    from torch.utils import _pytree
+
+    rem = _rem().to(torch.bfloat16)
+    embeds, latents, mask = _inputs()
+    out = rem(embeds.to(torch.bfloat16), latents, mask)
+    converted = convert_to_fp32(out)
+    assert type(converted) is type(out)
+    for name in ("condition", "mask_logits", "edit_embedding", "referring_embedding", "vision_embedding",
+                 "referring_feature"):
+        value = getattr(converted, name)
+        assert value.dtype == torch.float32
+        assert torch.equal(value, getattr(out, name).float())
+    leaves, spec = _pytree.tree_flatten(out)
+    rebuilt = _pytree.tree_unflatten(leaves, spec)
+    assert type(rebuilt) is type(out) and torch.equal(rebuilt.mask_logits, out.mask_logits)

@@ -104,6 +104,18 @@ def test_checkpoints_rotate_and_load_as_a_pipeline(tiny_cache, tmp_path):
     assert res.masks.shape == (1, 64, 64)
 
 
+def test_a_new_run_replaces_frozen_components_left_by_a_run_without_checkpoints(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    stale = out / "frozen_components"
+    (stale / "vae").mkdir(parents=True)
+    (stale / "model_index.json").write_text('{"_class_name": "SomethingElse"}')
+    (stale / "vae" / "config.json").write_text('{"stale": true}')
+    train(_tiny(synth=1, edit=1), output_dir=out, max_steps=1, progress=False)
+    for folder in (stale, out / "checkpoint-1"):
+        assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "ReferDiffusionPipeline"
+        assert "stale" not in json.loads((folder / "vae" / "config.json").read_text())
+
+
 def test_nan_loss_stops_with_step_and_samples_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch):
     import referdiffusion.losses as losses
 
