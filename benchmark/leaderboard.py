@@ -403,7 +403,7 @@ def render_html(runs: Sequence[RunEntry], *, grid: int = DEFAULT_GRID, thumb: in
             cls = " class='best'" if i in best.get(name, []) else ""
             cells.append(f"<td{cls}>{esc(format_value(r['value']))}<span class='ci'>{esc(format_ci(r.get('ci')))}</span></td>")
         n = (run.results.get("dataset") or {}).get("samples", "")
-        parts.append(f"<tr><td>{esc(run.label)}</td><td>{n}</td>{''.join(cells)}</tr>")
+        parts.append(f"<tr><td>{esc(run.label)}</td><td>{esc(str(n))}</td>{''.join(cells)}</tr>")
     parts.append("</tbody></table>")
     parts.append(f"<p class='note'>{UP} higher is better, {DOWN} lower is better; mean with its bootstrap 95% "
                  "confidence interval; best mean highlighted.</p>")

@@ -168,6 +168,24 @@ def save_png_atomic(image: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+_TMP_OUTPUT = re.compile(r"^\.(?P<name>.+)\.png\.\d+\.tmp$")
+
+
+def remove_stale_temporaries(outputs: Path, names: set[str]) -> int:
+    """Delete the temporary files (`save_png_atomic`'s `.<name>.png.<pid>.tmp`) that a killed run left
+    for the outputs `names`; only this process's own samples, so that other shards' writes in
+    progress are left alone. Returns how many were removed."""
+    removed = 0
+    for entry in os.scandir(outputs):
+        match = _TMP_OUTPUT.match(entry.name)
+        if match and match["name"] in names and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d unfinished output file(s) of an interrupted run in %s", removed, outputs)
+    return removed
+
+
 def png_is_whole(path: Path) -> bool:
     """True when `path` is a PNG that opens and passes Pillow's chunk checks (not truncated)."""
     from PIL import Image
@@ -608,6 +626,7 @@ def generate_outputs(method: Any, selection: Selection, indices: Sequence[int], 
 
     outputs = out / OUTPUTS
     outputs.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(outputs, {output_name(selection.ids[i]) for i in indices})
     todo = [i for i in indices if not png_is_whole(outputs / f"{output_name(selection.ids[i])}.png")]
     cached = len(indices) - len(todo)
     if cached:
@@ -653,7 +672,13 @@ def _check_run_file(out: Path, run_record: dict[str, Any], overwrite: bool, layo
             detail = "; ".join(f"{k}: {_dumps(old.get(k))} then, {_dumps(run_record.get(k))} now" for k in differ)
             raise InputError(f"{out} holds the outputs of another run ({detail}); use another --out, or --overwrite "
                              "to discard them")
-        if differ and overwrite and layout.is_main:
+        if differ and not layout.is_main:
+            # Only the main process may clear the folder; a shard that went on would count the other
+            # configuration's outputs as its own (under accelerate the main process settles run.json
+            # first, so only a share run by hand gets here).
+            raise InputError(f"{out} holds the outputs of another run; run share 0 (--shard 0/N) with --overwrite "
+                             "first, then the other shares")
+        if differ and overwrite:
             for name in (OUTPUTS, GENERATION, SHARDS):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in (RESULTS, SAMPLES):

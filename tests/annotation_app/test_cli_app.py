@@ -22,6 +22,31 @@ def test_app_is_registered_and_light():
     assert (args.host, args.port, args.refcoco, args.app_command) == ("127.0.0.1", 7860, "sample", None)
 
 
+def test_python_m_annotation_app_names_itself_in_usage_and_errors(tmp_path, capsys):
+    from annotation_app.__main__ import main as module_main
+
+    with pytest.raises(SystemExit):
+        module_main(["--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: python -m annotation_app [-h] [--store PATH]")
+    with pytest.raises(SystemExit):
+        module_main(["users", "--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m annotation_app users ")
+    store = tmp_path / "s.sqlite"
+    assert module_main(["users", "add", "carol", "--role", "admin", "--store", str(store),
+                        "--password-file", str(_password_file(tmp_path))]) == 0
+    with Store.open(store) as s:
+        assert s.get_user("carol").role == "admin"
+    assert module_main(["users", "list"]) == 2
+    assert capsys.readouterr().err.startswith("python -m annotation_app: error: ")
+
+
+def _password_file(tmp_path):
+    pw = tmp_path / "pw.txt"
+    pw.write_text("long enough secret\n")
+    return pw
+
+
 def test_users_add_list_passwd(tmp_path, capsys, monkeypatch):
     store = tmp_path / "s.sqlite"
     pw = tmp_path / "pw"

@@ -151,3 +151,19 @@ def test_repeated_labels_are_told_apart(runs, bench_dataset, tmp_path):
     assert [r.label for r in load_runs([runs[0], runs[0]])] == ["identity [identity] #1", "identity [identity] #2"]
     with pytest.raises(InputError):
         load_runs([])
+
+
+def test_image_grid_rows_are_as_tall_as_their_pictures():
+    """The leaderboard's PNG grid (`viz.image_grid`): 4:3 pictures get 4:3 cells, not squares."""
+    from refcoco_edit.viz import image_grid
+
+    wide = Image.new("RGB", (400, 300), (200, 10, 10))
+    tall = Image.new("RGB", (300, 400), (10, 200, 10))
+    grid = image_grid([[wide, wide], [wide, None], [tall, wide]], cell=100, pad=4)
+    # rows: 75 px (two 100x75 thumbs), 75 px, 100 px (the tall one); pads between and around
+    assert grid.size == (4 + 2 * 104, 75 + 75 + 100 + 4 * 4)
+    px = np.asarray(grid)
+    assert tuple(px[4 + 74, 4 + 50]) == (200, 10, 10) and tuple(px[4 + 75, 4 + 50]) == (255, 255, 255)
+    assert tuple(px[4 + 75 + 4, 4 + 50]) == (200, 10, 10)  # the second row starts right below the first
+    with pytest.raises(ValueError, match="at least one row"):
+        image_grid([])

@@ -167,6 +167,39 @@ def test_a_folder_of_another_configuration_is_refused_unless_overwritten(bench_d
     assert (more.generated, more.cached) == (2, 2)
 
 
+def test_temporary_files_of_a_killed_write_are_removed_on_resume(bench_dataset, tmp_path):
+    out = tmp_path / "run"
+    run_benchmark(_config(bench_dataset, out, limit=2))
+    ids = open_selection(str(bench_dataset)).ids
+    outputs = out / "outputs"
+    (outputs / f"{ids[2]}.png").unlink(missing_ok=True)
+    stale = outputs / f".{ids[2]}.png.4242.tmp"  # what SIGKILL during save_png_atomic leaves
+    stale.write_bytes(b"\x89PNG half")
+    foreign = outputs / f".{ids[5]}.png.4243.tmp"  # another share's sample: not ours to touch
+    foreign.write_bytes(b"\x89PNG half")
+    again = run_benchmark(_config(bench_dataset, out, limit=3))
+    assert (again.generated, again.cached) == (1, 2)
+    assert not stale.exists()
+    assert foreign.exists()
+    assert not [p for p in outputs.iterdir() if p.name.endswith(".tmp") and p != foreign]
+
+
+def test_a_share_run_by_hand_cannot_overwrite_another_configuration(bench_dataset, tmp_path):
+    out = tmp_path / "run"
+    run_benchmark(_config(bench_dataset, out, limit=4))
+    before = {p.name: p.read_bytes() for p in (out / "outputs").glob("*.png")}
+    # share 1 of 2 with --overwrite must not reuse the seed-0 outputs as seed-1 ones, nor clear them
+    with pytest.raises(InputError, match="share 0"):
+        run_benchmark(_config(bench_dataset, out, limit=4, seed=1, overwrite=True, shard=(1, 2)))
+    assert {p.name: p.read_bytes() for p in (out / "outputs").glob("*.png")} == before
+    first = run_benchmark(_config(bench_dataset, out, limit=4, seed=1, overwrite=True, shard=(0, 2)))
+    assert (first.generated, first.cached) == (2, 0)
+    second = run_benchmark(_config(bench_dataset, out, limit=4, seed=1, overwrite=True, shard=(1, 2)))
+    assert (second.generated, second.cached) == (2, 0) and second.results is not None
+    straight = run_benchmark(_config(bench_dataset, tmp_path / "straight", limit=4, seed=1))
+    assert second.results["metrics"] == straight.results["metrics"]
+
+
 # ---------------------------------------------------------------------------------------------
 # sharding
 
