@@ -515,7 +515,7 @@ def decode_segmentation(segm: Any, height: int, width: int, what: str = "segment
                 counts = segm["counts"]
                 counts = counts.encode("ascii") if isinstance(counts, str) else counts
                 # pycocotools writes past its buffer when the counts add up to more than H*W
-                total = sum(rle_string_counts(counts))
+                total = int(rle_string_counts(counts).sum())
                 if total != height * width:
                     raise DataError(f"{what}: RLE counts cover {total} pixels, not {height}x{width}")
                 rle = {"size": [height, width], "counts": counts}
@@ -531,27 +531,36 @@ def decode_segmentation(segm: Any, height: int, width: int, what: str = "segment
     return np.ascontiguousarray(mask, dtype=np.uint8)
 
 
-def rle_string_counts(counts: bytes) -> list[int]:
-    """Decode COCO's compressed RLE string (pycocotools' `rleFrString`) into run lengths, checking it."""
-    out: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise DataError("RLE counts string ends in the middle of a number")
-            c = counts[p] - 48
-            if not 0 <= c < 64:
-                raise DataError("RLE counts string has a character outside COCO's alphabet")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        if x < 0:
-            raise DataError("RLE counts string decodes to a negative run length")
-        out.append(x)
+def rle_string_counts(counts: bytes) -> np.ndarray:
+    """Decode COCO's compressed RLE string (pycocotools' `rleFrString`) into run lengths, checking it.
+
+    Each number is little-endian base-32 in characters 48..111: 5 bits a character, bit 0x20 means
+    "more follows", bit 0x10 of the last character is the sign; from the fourth number on, each is
+    stored as the difference to the number two places before it. Vectorised with numpy: a mask of
+    COCO size decodes in microseconds.
+    """
+    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if len(c) == 0:
+        return np.zeros(0, np.int64)
+    if ((c < 0) | (c >= 64)).any():
+        raise DataError("RLE counts string has a character outside COCO's alphabet")
+    last = (c & 0x20) == 0  # the last character of each number
+    if not last[-1]:
+        raise DataError("RLE counts string ends in the middle of a number")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 12:  # 60 bits: far beyond any image, and int64 cannot overflow
+        raise DataError("RLE counts string holds a number too long for a run length")
+    shift = 5 * (np.arange(len(c)) - np.repeat(starts, lengths))
+    x = np.add.reduceat((c & 0x1F) << shift, starts)
+    negative = (c[ends] & 0x10) != 0
+    x[negative] -= np.int64(1) << (5 * lengths[negative])  # sign extension, as `x |= -1 << 5k`
+    out = x.copy()
+    # from index 3 on, a number is the difference to the one two places before: cumulative sums
+    # over the odd indices (from 1) and over the even indices from 2
+    out[1::2] = np.cumsum(x[1::2])
+    out[2::2] = np.cumsum(x[2::2])
+    if (out < 0).any():
+        raise DataError("RLE counts string decodes to a negative run length")
     return out

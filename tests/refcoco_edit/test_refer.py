@@ -90,9 +90,12 @@ def test_rle_string_decoder_matches_pycocotools() -> None:
     from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(1)
-    for _ in range(20):
-        h, w = rng.integers(1, 50, 2)
-        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+    shapes = [tuple(rng.integers(1, 50, 2)) for _ in range(20)] + [(480, 640), (427, 640)]
+    for h, w in shapes:
+        # blocky masks have long runs (multi-character numbers, negative deltas), noisy ones short runs
+        block = int(rng.integers(1, 40))
+        coarse = rng.random((h // block + 1, w // block + 1)) < rng.random()
+        m = np.kron(coarse, np.ones((block, block), bool))[:h, :w].astype(np.uint8)
         rle = mask_utils.encode(np.asfortranarray(m))
         counts = rle_string_counts(rle["counts"])
         assert sum(counts) == h * w
