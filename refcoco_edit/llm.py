@@ -42,7 +42,7 @@ from refcoco_edit.subjects import key_words, missing_words, tokens
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gpt-4o-mini"
-CACHE_VERSION = 1  # bump when the request or the answer format changes
+CACHE_VERSION = 2  # bump when the request, the key or the answer format changes
 MAX_PROMPT_CHARS = 400
 _PLACEHOLDER_KEY = "not-needed"  # local OpenAI-compatible servers accept any key; the client needs one
 REMOVAL_WORDS = frozenset(
@@ -209,8 +209,9 @@ class LLMClient:
                       ) -> tuple[Any, bool]:
         """(parsed JSON answer, came from cache). `validate` may raise ValueError to reject a shape."""
         s = self.settings
-        material = {"v": CACHE_VERSION, "model": s.model, "messages": messages, "temperature": s.temperature,
-                    "response_format": "json_object"}
+        # the endpoint is part of the key: two servers may serve different models under one name
+        material = {"v": CACHE_VERSION, "base_url": s.resolved_base_url(), "model": s.model, "messages": messages,
+                    "temperature": s.temperature, "response_format": "json_object"}
         key = AnswerCache.key(material)
         if self.cache is not None:
             cached = self.cache.get(key)

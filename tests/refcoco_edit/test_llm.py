@@ -49,8 +49,8 @@ class Sleeps(list):
 
 
 def make(server, tmp_path: Path, sleeps: Sleeps | None = None, **kw) -> LLMRephraser:
-    settings = LLMSettings(model="test-model", base_url=server.base_url, cache_dir=tmp_path / "cache",
-                           **{"timeout": 5.0, "max_attempts": 3, **kw})
+    settings = LLMSettings(model="test-model", cache_dir=tmp_path / "cache",
+                           **{"base_url": server.base_url, "timeout": 5.0, "max_attempts": 3, **kw})
     return LLMRephraser(settings, sleep=sleeps if sleeps is not None else Sleeps())
 
 
@@ -232,15 +232,18 @@ def test_cache_hit_makes_no_second_call(server, tmp_path, zebra) -> None:
     make(server, tmp_path, temperature=0.1).rephrase(zebra, 2)
     make(server, tmp_path).rephrase(zebra, 3)
     assert len(server.requests) == 3
+    # another endpoint string is another key (two servers may serve different models under one name)
+    assert not make(server, tmp_path, base_url=server.base_url.rstrip("/") + "/").rephrase(zebra, 2).cached
+    assert len(server.requests) == 4
     files = list((tmp_path / "cache").rglob("*"))
     assert not [f for f in files if f.name.startswith(".tmp-")]  # atomic writes leave no temp files
-    assert len([f for f in files if f.suffix == ".json"]) == 3
+    assert len([f for f in files if f.suffix == ".json"]) == 4
     # a damaged entry is ignored and rewritten
     for f in files:
         if f.suffix == ".json":
             f.write_text("{broken")
     assert not make(server, tmp_path).rephrase(zebra, 2).cached
-    assert len(server.requests) == 4
+    assert len(server.requests) == 5
     assert make(server, tmp_path).rephrase(zebra, 2).cached
 
 
