@@ -96,6 +96,11 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         "aesthetic MLP head (.pth/.safetensors file, or a folder holding one)",
         "LAION improved aesthetic predictor head on CLIP ViT-L/14 embeddings",
     ),
+    "referdiffusion": ModelSpec(
+        None,
+        "ReferDiffusionPipeline checkpoint folder",
+        "ReferDiffusion (make one with `referdiffusion init` or `referdiffusion train`)",
+    ),
     "tiny-sd15": ModelSpec(None, "diffusers StableDiffusionPipeline", "tiny random stand-in for sd15"),
     "tiny-ip2p": ModelSpec(
         None, "diffusers StableDiffusionInstructPix2PixPipeline", "tiny random stand-in for ip2p"

@@ -34,14 +34,29 @@ class ReferDiffusionMethod(Method):
     option_defaults = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
     def __init__(self, **kwargs: Any) -> None:
-        self.checkpoint = kwargs.pop("model", None) or os.environ.get(ENV, "").strip() or None
+        checkpoint = kwargs.pop("model", None)
         super().__init__(**kwargs)
+        self.checkpoint = checkpoint or self._resolved()
         self.pipe: Any = None
+
+    def _resolved(self) -> str | None:
+        """The resolver's `referdiffusion` entry: --model referdiffusion=DIR, $REFCOCO_EDIT_MODEL_REFERDIFFUSION
+        or the models.yaml config; None when none is set (availability() then says how to set one)."""
+        from refcoco_edit.models import resolve
+
+        try:
+            return resolve("referdiffusion", self.overrides, build=False).source
+        except ModelNotAvailableError as exc:
+            self._unresolved = str(exc)
+            return None
 
     def availability(self) -> str | None:
         if not self.checkpoint:
-            return (f"no ReferDiffusion checkpoint: pass --method-model DIR or set {ENV}=DIR "
-                    "(make one with `referdiffusion init`)")
+            why = getattr(self, "_unresolved", "")
+            if why and "has no default source" not in why:
+                return why  # a path was set but does not exist: say where it came from
+            return (f"no ReferDiffusion checkpoint: pass --method-model DIR, --model referdiffusion=DIR or set "
+                    f"{ENV}=DIR (make one with `referdiffusion init`)")
         folder = Path(self.checkpoint).expanduser()
         if not (folder / "model_index.json").is_file():
             return f"{folder} is not a ReferDiffusion checkpoint (no model_index.json); make one with `referdiffusion init`"

@@ -45,6 +45,18 @@ def test_every_method_is_registered_and_creates_without_loading(no_model_config)
     assert "benchmark.methods.instruct" in sys.modules  # imported on demand
 
 
+def test_referdiffusion_checkpoint_comes_from_the_resolver(no_model_config, tmp_path, monkeypatch):
+    folder = tmp_path / "rd"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    # --model referdiffusion=DIR (resolver override) and the environment variable both reach the method
+    assert create_method("referdiffusion", overrides={"referdiffusion": str(folder)}).availability() is None
+    monkeypatch.setenv("REFCOCO_EDIT_MODEL_REFERDIFFUSION", str(folder))
+    assert create_method("referdiffusion").checkpoint == str(folder)
+    monkeypatch.setenv("REFCOCO_EDIT_MODEL_REFERDIFFUSION", str(tmp_path / "missing"))
+    assert "REFCOCO_EDIT_MODEL_REFERDIFFUSION does not exist" in create_method("referdiffusion").availability()
+
+
 def test_unknown_method_and_bad_classes_are_refused():
     with pytest.raises(InputError, match="unknown method 'nope'"):
         get_method_class("nope")
