@@ -371,12 +371,16 @@ class _RefContext:
         self.ref_id = ref_id
         self.ref = data.ref(ref_id)
         self.ann = data.ref_ann(ref_id)
-        self.category = str(data.category(self.ann["category_id"])["name"])
         self._image: Any = None
         self._mask: np.ndarray | None = None
         self._error: Exception | None = None
         self.prompts: dict[str, Any] = {}
         self.enriched: dict[str, tuple[list[dict], str | None]] = {}
+
+    @property
+    def category(self) -> str:
+        """Looked up when a unit needs it, so a ref with a missing category fails as that unit's error."""
+        return str(self.data.category(self.ann["category_id"])["name"])
 
     def _load(self) -> None:
         if self._error is not None:

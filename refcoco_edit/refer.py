@@ -270,7 +270,7 @@ class RefCOCO:
         self._ref_ids = _int_array(cols["ref_id"], src, "ref", "ref_id")
         ref_anns = _int_array(cols["ann_id"], src, "ref", "ann_id")
         ref_imgs = _int_array(cols["image_id"], src, "ref", "image_id")
-        ann_cols = _columns(self.anns, ("id", "image_id"), src, "annotation")
+        ann_cols = _columns(self.anns, ("id", "image_id", "category_id"), src, "annotation")
         self._refs = _IdIndex.build(self._ref_ids, src, "ref")
         self._anns = _IdIndex.build(ann_cols[:, 0].copy(), src, "annotation")
         self._imgs = _IdIndex.build(_columns(self.images, ("id",), src, "image")[:, 0], src, "image")
@@ -279,6 +279,12 @@ class RefCOCO:
         # every ref must point at an annotation and an image that exist
         self._ref_ann_pos = self._check_members(self._anns.find(ref_anns), ref_anns, "ann_id", "annotation")
         self._check_members(self._imgs.find(ref_imgs), ref_imgs, "image_id", "image")
+        ann_cats = ann_cols[:, 2].copy()
+        missing_cat = self._cats.find(ann_cats) < 0
+        if missing_cat.any():
+            i = int(np.flatnonzero(missing_cat)[0])
+            raise DataError(f"{src}: {int(missing_cat.sum())} annotation(s) have a category missing from "
+                            f"'categories'; first: annotation {int(ann_cols[i, 0])} has category_id {int(ann_cats[i])}")
         self._ann_to_ref = _IdIndex.build(ref_anns, src, "referred annotation")
 
         # a ref's category: its own field (REFER has it), else its annotation's

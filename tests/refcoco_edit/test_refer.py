@@ -208,6 +208,10 @@ def test_inconsistent_data_is_named(tmp_path: Path) -> None:
     _rewrite_instances(root, lambda inst: inst["images"].append(dict(inst["images"][0])))
     with pytest.raises(DataError, match="duplicate image id 1"):
         RefCOCO.load(root)
+    root = make_mini_refcoco(tmp_path / "d")
+    _rewrite_instances(root, lambda inst: inst["categories"].pop(0))
+    with pytest.raises(DataError, match="category missing from 'categories'; first: annotation 10 has category_id 1"):
+        RefCOCO.load(root)
     root = make_mini_refcoco(tmp_path / "c")
     _rewrite_instances(root, lambda inst: inst.pop("categories"))
     with pytest.raises(DataError, match="under 'categories'"):
