@@ -3,10 +3,11 @@ build and export code, as `--dataset sample` builds the full one) and one torch 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.torch_threads import one_torch_thread
 
 # refs built for the test dataset: 3 edit types each (replace, remove, attribute) -> 6 samples
 DATASET_REFS = 2
@@ -19,14 +20,4 @@ def bench_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_sample_dataset(tmp_path_factory.mktemp("bench") / "refshapes-edit", limit=DATASET_REFS)
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread (the test machine's cores are shared)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+one_thread = pytest.fixture(one_torch_thread)

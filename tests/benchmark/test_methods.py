@@ -227,13 +227,10 @@ def test_seg_inpaint_returns_the_source_when_the_segmenter_finds_nothing(bench_d
 @pytest.fixture(scope="module")
 def method_runs(tmp_path_factory, bench_dataset, tiny_cache):
     """Every method (and seg_inpaint's variants) run on 3 samples with 2 steps at 64 px."""
-    import torch
-
     from benchmark.runner import RunConfig, run_benchmark
     from referdiffusion.init import init_checkpoint
+    from tests.torch_threads import single_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("method-runs")
     checkpoint = root / "referdiffusion-tiny"
     init_checkpoint("tiny-ip2p", checkpoint)
@@ -249,13 +246,11 @@ def method_runs(tmp_path_factory, bench_dataset, tiny_cache):
         "referdiffusion": ("referdiffusion", str(checkpoint), {}),
     }
     runs = {}
-    try:
+    with single_thread():
         for key, (method, model, options) in cases.items():
             config = RunConfig(method=method, dataset=str(bench_dataset), out=root / key, limit=3, method_model=model,
                                method_options=options, steps=2, size=64, metrics="l2_bg,localisation", progress=False)
             runs[key] = run_benchmark(config)
-    finally:
-        torch.set_num_threads(threads)
     return runs
 
 
