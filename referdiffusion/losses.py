@@ -40,43 +40,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from refcoco_edit.errors import DataError, InputError
-
-TERMS = ("noise", "mask", "edit", "rcl")
-
-
-@dataclass
-class LossConfig:
-    """Weights of the four terms (0 switches a term off) and their options."""
-
-    noise_weight: float = 1.0
-    mask_weight: float = 1.0
-    edit_weight: float = 1.0
-    rcl_weight: float = 1.0
-    dice_smooth: float = 1.0
-    rcl_weighting: Literal["none", "sqrt_alpha"] = "none"
-
-    def __post_init__(self) -> None:
-        for name in TERMS:
-            weight = getattr(self, f"{name}_weight")
-            if not weight >= 0:  # also refuses NaN
-                raise InputError(f"loss weight {name}_weight must be >= 0, got {weight}")
-        if self.rcl_weighting not in ("none", "sqrt_alpha"):
-            raise InputError(f"rcl_weighting must be 'none' or 'sqrt_alpha', got {self.rcl_weighting!r}")
-        if self.dice_smooth < 0:
-            raise InputError(f"dice_smooth must be >= 0, got {self.dice_smooth}")
-
-    def weight(self, term: str) -> float:
-        return float(getattr(self, f"{term}_weight"))
-
-    def enabled(self, term: str) -> bool:
-        return self.weight(term) > 0
-
+from referdiffusion.loss_config import TERMS, LossConfig
 
 @dataclass
 class LossOutput:

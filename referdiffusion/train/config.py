@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from refcoco_edit.errors import InputError
+from referdiffusion.loss_config import TERMS, LossConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Shipped config names -> file in referdiffusion/configs/ (file stems work as names too).
@@ -41,7 +42,6 @@ SHIPPED: dict[str, str] = {
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RESIZE_MODES = ("stretch", "crop")
-LOSS_TERMS = ("noise", "mask", "edit", "rcl")
 
 
 class ConfigError(InputError):
@@ -75,25 +75,12 @@ class DataConfig:
 
 
 @dataclass
-class LossesConfig:
-    """Weights of the four terms (0 switches one off) and their options: `referdiffusion.losses.LossConfig`."""
+class LossesConfig(LossConfig):
+    """The `losses` section: `referdiffusion.loss_config.LossConfig`, checked by `TrainConfig.check`
+    (with every other problem of the config at once) rather than on construction."""
 
-    noise_weight: float = 1.0
-    mask_weight: float = 1.0
-    edit_weight: float = 1.0
-    rcl_weight: float = 1.0
-    dice_smooth: float = 1.0
-    rcl_weighting: str = "none"  # none | sqrt_alpha
-
-    def problems(self) -> list[str]:
-        """What `LossConfig` would refuse (checked here without importing torch)."""
-        out = [f"{t}_weight must be >= 0, got {getattr(self, f'{t}_weight')}" for t in LOSS_TERMS
-               if not (0 <= getattr(self, f"{t}_weight") < float("inf"))]
-        if self.rcl_weighting not in ("none", "sqrt_alpha"):
-            out.append(f"rcl_weighting must be 'none' or 'sqrt_alpha', got {self.rcl_weighting!r}")
-        if not self.dice_smooth >= 0:
-            out.append(f"dice_smooth must be >= 0, got {self.dice_smooth}")
-        return out
+    def __post_init__(self) -> None:
+        pass
 
 
 @dataclass
@@ -156,10 +143,8 @@ class TrainConfig:
         """The `losses` section with a stage's changes, type-checked."""
         return _build(LossesConfig, {**dataclasses.asdict(self.losses), **stage.losses}, f"stages.{stage.name}.losses")
 
-    def stage_loss_config(self, stage: StageConfig):
-        """The `referdiffusion.losses.LossConfig` of a stage."""
-        from referdiffusion.losses import LossConfig
-
+    def stage_loss_config(self, stage: StageConfig) -> LossConfig:
+        """The `LossConfig` of a stage."""
         return LossConfig(**dataclasses.asdict(self.stage_losses(stage)))
 
     def check(self) -> TrainConfig:
@@ -216,7 +201,7 @@ class TrainConfig:
             if not m.use_rem and (losses.mask_weight > 0 or losses.edit_weight > 0):
                 problems.append(f"{where}: L_mask and L_edit need the REM (model.use_rem=false): set "
                                 "losses.mask_weight=0 and losses.edit_weight=0")
-            if not any(getattr(losses, f"{t}_weight") > 0 for t in LOSS_TERMS):
+            if not any(losses.enabled(t) for t in TERMS):
                 problems.append(f"{where}: every loss weight is 0, nothing to train")
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
