@@ -166,14 +166,20 @@ def _columns(records: Sequence[dict], keys: tuple[str, ...], source: str, what: 
             flat = np.fromiter(map(itemgetter(keys[0]), records), np.int64, n)
         else:
             flat = np.fromiter(chain.from_iterable(map(itemgetter(*keys), records)), np.int64, n * k)
-    except KeyError:
-        missing = next(key for r in records for key in keys if key not in r)
-        raise DataError(f"{source}: a {what} has no '{missing}' field") from None
-    except (TypeError, ValueError, OverflowError):
-        if not all(isinstance(r, dict) for r in records):
-            raise DataError(f"{source}: a {what} is not an object") from None
-        raise DataError(f"{source}: a {what} has an id field ({', '.join(keys)}) that is not an integer") from None
+    except (KeyError, TypeError, ValueError, OverflowError):
+        problem = _record_problem(records, keys, what)
+        raise DataError(f"{source}: " + (problem or f"a {what} has an id field ({', '.join(keys)}) "
+                                         "that is not an integer")) from None
     return flat.reshape(n, k)
+
+
+def _record_problem(records: Sequence[Any], keys: Sequence[str], what: str) -> str:
+    """Why reading `keys` from `records` failed, found only once it has: the first record that is
+    not an object, else the first missing key; "" when neither."""
+    if not all(isinstance(r, dict) for r in records):
+        return f"a {what} is not an object"
+    missing = next((key for r in records for key in keys if key not in r), None)
+    return f"a {what} has no '{missing}' field" if missing else ""
 
 
 def _int_array(values: Sequence[Any], source: str, what: str, key: str) -> np.ndarray:
@@ -184,8 +190,9 @@ def _int_array(values: Sequence[Any], source: str, what: str, key: str) -> np.nd
 
 
 def _require_list(obj: Any, key: str, source: str) -> list[dict]:
+    """The list under `key`; its items are checked to be objects where their columns are read."""
     value = obj.get(key) if isinstance(obj, dict) else None
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+    if not isinstance(value, list):
         raise DataError(f"{source}: expected a list of objects under '{key}'")
     return value
 
@@ -229,7 +236,7 @@ class RefCOCO:
             have = sorted(p.name for p in ds_dir.glob("refs(*).p"))
             raise DataError(f"refs file not found: {rpath}" + (f" (found: {', '.join(have)})" if have else ""))
         refs = safe_load(rpath)
-        if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        if not isinstance(refs, list):  # each ref is checked to be a dict where its fields are read
             raise DataError(f"{rpath}: expected a list of refs (dicts)")
         ipath = ds_dir / "instances.json"
         instances = load_json(ipath, "instances file")
@@ -250,16 +257,13 @@ class RefCOCO:
 
         `category_id` and `sent_ids` are optional: REFER refs have both, other files may not.
         """
-        first = self.refs[0] if self.refs else {}
+        first = self.refs[0] if self.refs and isinstance(self.refs[0], dict) else {}
         fields = ["ref_id", "ann_id", "image_id", "split", "sentences"]
         fields += [f for f in ("category_id", "sent_ids") if f in first]
         try:
             rows = list(map(itemgetter(*fields), self.refs))
-        except KeyError:
-            missing = next(f for r in self.refs for f in fields if f not in r)
-            raise DataError(f"{self.source}: a ref has no '{missing}' field") from None
-        except TypeError:
-            raise DataError(f"{self.source}: a ref is not an object") from None
+        except (KeyError, TypeError):
+            raise DataError(f"{self.source}: {_record_problem(self.refs, fields, 'ref')}") from None
         columns = list(zip(*rows)) if rows else [()] * len(fields)
         return dict(zip(fields, columns))
 

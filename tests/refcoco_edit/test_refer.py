@@ -212,6 +212,18 @@ def test_inconsistent_data_is_named(tmp_path: Path) -> None:
     _rewrite_instances(root, lambda inst: inst["categories"].pop(0))
     with pytest.raises(DataError, match="category missing from 'categories'; first: annotation 10 has category_id 1"):
         RefCOCO.load(root)
+    root = make_mini_refcoco(tmp_path / "e")
+    _rewrite_instances(root, lambda inst: inst["annotations"].append([1, 2]))
+    with pytest.raises(DataError, match="an? annotation is not an object"):
+        RefCOCO.load(root)
+    root = make_mini_refcoco(tmp_path / "f")
+    for bad in ([{"ref_id": 0}, 7], [7, {"ref_id": 0}]):  # a missing field and a non-object both present
+        (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(bad, protocol=2))
+        with pytest.raises(DataError, match="a ref is not an object"):
+            RefCOCO.load(root)
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps([{"ref_id": 0}], protocol=2))
+    with pytest.raises(DataError, match="a ref has no 'ann_id' field"):
+        RefCOCO.load(root)
     root = make_mini_refcoco(tmp_path / "c")
     _rewrite_instances(root, lambda inst: inst.pop("categories"))
     with pytest.raises(DataError, match="under 'categories'"):
