@@ -50,7 +50,7 @@ class AppConfig:
     assignment_ttl_s: float = 30 * 60.0
     max_candidates: int = 8
     default_steps: int = 50
-    llm: Any = None  # refcoco_edit.llm.LLMSettings, or None for the offline rephraser
+    llm: Any = None  # refcoco_edit.text.llm.LLMSettings, or None for the offline rephraser
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_pixels: int = 4096 * 4096
     durable: bool = True
@@ -64,7 +64,7 @@ class AppContext:
         from annotation_app.queue import WorkQueue
         from annotation_app.uploads import UploadStore
         from annotation_app.user_study import StudyStore
-        from refcoco_edit.refer import RefCOCO
+        from refcoco_edit.refer.reader import RefCOCO
         from refcoco_edit.store import Store
 
         self.config = config
@@ -122,7 +122,7 @@ class AppContext:
 
     def _verdicts(self) -> dict[int, Any]:
         """The selection rules' verdict of every ref in scope, from a file when one was given."""
-        from refcoco_edit.selection import Candidate, select_candidates
+        from refcoco_edit.curation.selection import Candidate, select_candidates
 
         if self.config.candidates_file is not None:
             import json
@@ -144,7 +144,7 @@ class AppContext:
     def verdict(self, ref_id: int):
         v = self.verdicts.get(int(ref_id))
         if v is None:
-            from refcoco_edit.selection import select_candidates
+            from refcoco_edit.curation.selection import select_candidates
 
             v = select_candidates(self.data, [int(ref_id)])[0]
             with self._lock:
@@ -205,7 +205,7 @@ class AppContext:
     @property
     def rephraser(self):
         if self._rephraser is None:
-            from refcoco_edit.llm import make_rephraser
+            from refcoco_edit.text.llm import make_rephraser
 
             self._rephraser = make_rephraser(self.config.llm)
         return self._rephraser

@@ -66,7 +66,7 @@ def outline_objects(image: Any, objects: Sequence[ObjectMask], *, suggested: int
 
 def overlay(image: Any, mask: np.ndarray | None, colour: tuple[int, int, int], alpha: float = 0.35):
     """`image` with `mask` tinted and outlined (the image itself when there is no mask)."""
-    from refcoco_edit.viz import overlay_mask
+    from refcoco_edit.imaging.viz import overlay_mask
 
     if mask is None:
         return image.convert("RGB")

@@ -295,7 +295,7 @@ def choose_grid_samples(runs: Sequence[RunEntry], k: int = DEFAULT_GRID) -> list
 
 def _source_images(runs: Sequence[RunEntry], ids: Sequence[str], dataset: str | None) -> dict[str, Any]:
     """sample id -> the source with the referred object outlined, from the dataset when it can be read."""
-    from refcoco_edit.viz import overlay_mask
+    from refcoco_edit.imaging.viz import overlay_mask
 
     source = dataset or (runs[0].results.get("dataset") or {}).get("source")
     if not source:
@@ -360,7 +360,7 @@ def _png_bytes(image: Any) -> bytes:
 def render_grid_png(runs: Sequence[RunEntry], ids: Sequence[str], *, dataset: str | None = None,
                     thumb: int = DEFAULT_THUMB) -> Any:
     """The grid as one PIL image (rows: samples, columns: source then runs)."""
-    from refcoco_edit.viz import image_grid
+    from refcoco_edit.imaging.viz import image_grid
 
     labels, rows = grid_cells(runs, ids, dataset=dataset, thumb=thumb)
     return image_grid([images for _, _, images in rows], col_labels=labels, cell=thumb)

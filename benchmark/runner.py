@@ -283,7 +283,7 @@ def process_layout(shard: tuple[int, int] | None = None) -> ProcessLayout:
 
 
 def sample_dataset_dir() -> Path:
-    from refcoco_edit.models import cache_dir
+    from refcoco_edit.models.resolver import cache_dir
 
     return cache_dir() / "datasets" / SAMPLE_DATASET_DIR
 
@@ -299,10 +299,10 @@ def ensure_sample_dataset(folder: Path | None = None, *, limit: int | None = Non
     folder = Path(folder) if folder is not None else sample_dataset_dir()
     if _dataset_ready(folder):
         return folder
-    from refcoco_edit.build import BuildConfig, build
-    from refcoco_edit.dataset_card import CardInfo
-    from refcoco_edit.export import export_store
-    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.curation.build import BuildConfig, build
+    from refcoco_edit.dataset.card import CardInfo
+    from refcoco_edit.dataset.export import export_store
+    from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.store import Store
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +347,7 @@ class Selection:
         return len(self.ids)
 
     def sample(self, index: int) -> Any:
-        from refcoco_edit.dataset_io import row_to_sample
+        from refcoco_edit.dataset.io import row_to_sample
 
         return row_to_sample(self.dataset[int(index)], self.dataset.features)
 
@@ -395,7 +395,7 @@ def open_selection(dataset: str, split: str | None = None, limit: int | None = N
     None), then the first `limit`."""
     import datasets
 
-    from refcoco_edit.dataset_io import load_refcoco_edit
+    from refcoco_edit.dataset.io import load_refcoco_edit
 
     source = resolve_dataset(dataset, progress=progress)
     loaded = load_refcoco_edit(source, split=split)

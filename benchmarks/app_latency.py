@@ -52,8 +52,8 @@ def prepare_store(path: Path, users: int, samples: int) -> None:
     another account, so that every accept has a sample to accept."""
     import numpy as np
 
-    from refcoco_edit.prompts import prompt_for_ref
-    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.text.prompts import prompt_for_ref
+    from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.schema import Sample
     from refcoco_edit.store import Store
 

@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> None:
     import datasets  # noqa: F401 - imported before the baseline, as the export needs it
     import pyarrow.parquet  # noqa: F401
 
-    from refcoco_edit.export import export_store
+    from refcoco_edit.dataset.export import export_store
 
     base = vm_rss_mb()
     t0 = time.perf_counter()

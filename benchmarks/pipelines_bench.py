@@ -201,7 +201,7 @@ def compare_with_diffusers(sizes: list[int], steps: int, repeat: int, device: st
     import diffusers
     import torch
 
-    from refcoco_edit import models
+    from refcoco_edit.models import resolver as models
     from refcoco_edit.pipelines.base import resolve_dtype
     from refcoco_edit.pipelines.region_edit import RegionEditPipeline
 

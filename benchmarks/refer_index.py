@@ -17,8 +17,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from refcoco_edit.refer import RefCOCO, decode_segmentation, load_json
-from refcoco_edit.safe_pickle import safe_load
+from refcoco_edit.refer.reader import RefCOCO, decode_segmentation, load_json
+from refcoco_edit.refer.safe_pickle import safe_load
 
 
 def reference_index(refs: list[dict], instances: dict) -> dict:

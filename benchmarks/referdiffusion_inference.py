@@ -26,7 +26,7 @@ import torch
 
 
 def tiny_pipeline():
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
     from referdiffusion.init import make_pipeline
 
     return make_pipeline(resolve("tiny-ip2p").source)
@@ -37,7 +37,7 @@ def sd15_pipeline():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from refcoco_edit.tiny_models import _scheduler, build_clip_tokenizer
+    from refcoco_edit.models.tiny import _scheduler, build_clip_tokenizer
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.rem import RegionEmbedder
 

@@ -69,11 +69,11 @@ def ddim_scheduler(source_config: dict[str, Any]) -> Any:
 
 
 def resolve_source(name_or_dir: str) -> str:
-    """A local folder as given, else a model name of `refcoco_edit.models` resolved to a folder or Hub id."""
+    """A local folder as given, else a model name of `refcoco_edit.models.resolver` resolved to a folder or Hub id."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return str(path.absolute())
-    from refcoco_edit.models import MODEL_SPECS, resolve
+    from refcoco_edit.models.resolver import MODEL_SPECS, resolve
 
     if name_or_dir not in MODEL_SPECS:
         raise InputError(
@@ -85,7 +85,7 @@ def resolve_source(name_or_dir: str) -> str:
 def model_name(name_or_dir: str) -> str | None:
     """The resolver name that `name_or_dir` stands for, None when it is a folder (folders win, as in
     `resolve_source`)."""
-    from refcoco_edit.models import MODEL_SPECS
+    from refcoco_edit.models.resolver import MODEL_SPECS
 
     if Path(name_or_dir).expanduser().is_dir() or name_or_dir not in MODEL_SPECS:
         return None
@@ -112,7 +112,7 @@ def _load(source: str, name: str | None = None) -> dict[str, Any]:
     """The components of `source`; a model `name` loads through the resolver, so that a missing model's
     error names the setting to set (and HF_HUB_OFFLINE fails fast)."""
     if name is not None:
-        from refcoco_edit.models import load_pretrained
+        from refcoco_edit.models.resolver import load_pretrained
 
         return load_pretrained(name, _load_parts)
     try:

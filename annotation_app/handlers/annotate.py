@@ -109,7 +109,7 @@ def _item_markdown(ctx, st: AnnotateState, user: str) -> str:
 def _ref_markdown(ctx, ref_id: int | None) -> str:
     if ref_id is None:
         return ""
-    from refcoco_edit.prompts import ref_sentences
+    from refcoco_edit.text.prompts import ref_sentences
 
     ref = ctx.data.ref(ref_id)
     v = ctx.verdict(ref_id)
@@ -133,7 +133,7 @@ def _objects_choices(ctx, st: AnnotateState) -> Choices:
 def _sentence_choices(ctx, st: AnnotateState) -> Choices:
     if st.picked_ref is None:
         return Choices()
-    from refcoco_edit.prompts import ref_sentences
+    from refcoco_edit.text.prompts import ref_sentences
 
     sents = ref_sentences(ctx.data.ref(st.picked_ref))
     return Choices([(s, i) for i, s in enumerate(sents)], st.sent_index if st.sent_index < len(sents) else 0)
@@ -219,7 +219,7 @@ def default_generation_text(ctx, st: AnnotateState) -> str:
     """The text a region-edit model gets: what the region should show after the edit."""
     if not st.prompt:
         return ""
-    from refcoco_edit.prompts import indefinite
+    from refcoco_edit.text.prompts import indefinite
 
     p = st.prompt
     category = ctx.verdict(st.picked_ref).category if st.picked_ref is not None else ""
@@ -254,7 +254,7 @@ def _load_ref(ctx, user: str, ref_id: int, *, skipped: list[int], next_seed: int
 
 def _restore(ctx, st: AnnotateState, sample_id: str) -> None:
     """Fill the session from a stored draft: object, prompt, candidates, the chosen one, M_e, region."""
-    from refcoco_edit.prompts import Prompt
+    from refcoco_edit.text.prompts import Prompt
     from refcoco_edit.store import rle
 
     rec = ctx.reads.get_sample(sample_id, images=False)
@@ -369,7 +369,7 @@ def compose_prompt(ctx, username: str | None, state: AnnotateState | None, sent_
                    target: str, *, new_wording: bool = False) -> tuple[AnnotateState, dict]:
     """Build the prompt from one of the ref's expressions, an edit type and a target (or free edit
     text, edit type "other", optionally with {ref}); `new_wording` picks another template."""
-    from refcoco_edit.prompts import compose, ref_sentences
+    from refcoco_edit.text.prompts import compose, ref_sentences
 
     user = _user(ctx, username).name
     st = fresh(state, AnnotateState)
@@ -393,7 +393,7 @@ def compose_prompt(ctx, username: str | None, state: AnnotateState | None, sent_
 
 def rephrase(ctx, username: str | None, state: AnnotateState | None, n: int = 4) -> tuple[AnnotateState, dict]:
     """Ask the LLM (or the offline rephraser) for rephrasings of the prompt; each is checked."""
-    from refcoco_edit.prompts import Prompt
+    from refcoco_edit.text.prompts import Prompt
 
     _user(ctx, username)
     st = fresh(state, AnnotateState)

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_metric_args(p: argparse.ArgumentParser) -> None:
-    from refcoco_edit.models import add_model_argument
+    from refcoco_edit.models.resolver import add_model_argument
 
     g = p.add_argument_group("scoring")
     g.add_argument("--metrics", metavar="A,B",
@@ -30,7 +30,7 @@ def add_metric_args(p: argparse.ArgumentParser) -> None:
 
 def score_config(args: argparse.Namespace):
     from benchmark.runner import ScoreConfig
-    from refcoco_edit.models import parse_model_overrides
+    from refcoco_edit.models.resolver import parse_model_overrides
 
     return ScoreConfig(metrics=args.metrics, clip_model=args.clip_model, aesthetic_model=args.aesthetic_model,
                        aesthetic_clip_model=args.aesthetic_clip_model,

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from refcoco_edit.models import add_model_argument
+    from refcoco_edit.models.resolver import add_model_argument
 
     p = sub.add_parser("list", help="methods and metrics, and whether their weights are configured",
                        description="List the registered methods and metrics with their weights' status. "
@@ -22,7 +22,7 @@ def collect(args: argparse.Namespace) -> dict:
     from benchmark.methods.base import METHODS, create_method, describe_source
     from benchmark.metrics import create_metric, get_metric_class, metric_names
     from refcoco_edit.errors import RefcocoEditError
-    from refcoco_edit.models import parse_model_overrides
+    from refcoco_edit.models.resolver import parse_model_overrides
 
     overrides = parse_model_overrides(args.model_overrides)
     methods = []

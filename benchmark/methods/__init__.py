@@ -31,7 +31,7 @@ image from `edit`; register it, or name it by its import path.
 
 `sample` is a `refcoco_edit.schema.Sample` (PIL `source_image`, `prompt`, `referring_text`, `edit_text`,
 0/1 `source_mask`, ...); read only what your method may know. A method with weights sets
-`default_model` to a resolver name (`refcoco_edit.models`), loads with `self.model_name` and
+`default_model` to a resolver name (`refcoco_edit.models.resolver`), loads with `self.model_name` and
 `self.overrides` in `setup`, and uses `self.steps`, `self.size`, `self.device` as the run sets them.
 """
 

@@ -54,7 +54,7 @@ def load_instruct_pix2pix(name: str, overrides: Mapping[str, str] | None, device
     on `device` in `dtype`, progress bar off."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from refcoco_edit.models import load_pretrained
+    from refcoco_edit.models.resolver import load_pretrained
     from refcoco_edit.pipelines.base import place
 
     def loader(src: str) -> Any:

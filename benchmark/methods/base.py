@@ -65,7 +65,7 @@ class Method:
     Subclasses set the class attributes and implement `edit` (and `setup` when they load weights).
 
     - `name`, `description`;
-    - `default_model`: the resolver name of the weights (`refcoco_edit.models`), None for none;
+    - `default_model`: the resolver name of the weights (`refcoco_edit.models.resolver`), None for none;
     - `reads`: the `Sample` fields `edit` uses;
     - `default_steps` / `default_size`: denoising steps and working size (longer side) when the run
       does not set them;
@@ -114,7 +114,7 @@ class Method:
             if model is not None:
                 raise InputError(f"method {self.name} uses no model weights; drop --method-model {model}")
             return self.default_model
-        from refcoco_edit.models import MODEL_SPECS
+        from refcoco_edit.models.resolver import MODEL_SPECS
 
         if model in MODEL_SPECS:
             return model
@@ -234,7 +234,7 @@ def parse_option_items(items: list[str] | None) -> dict[str, str]:
 
 def model_availability(name: str, overrides: Mapping[str, str] | None = None) -> str | None:
     """None when the resolver has a source for `name` (nothing is built or loaded), else the reason."""
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
 
     try:
         resolve(name, overrides, build=False)
@@ -246,7 +246,7 @@ def model_availability(name: str, overrides: Mapping[str, str] | None = None) ->
 def describe_source(name: str, overrides: Mapping[str, str] | None = None) -> str | None:
     """Where model `name` would load from, for listings: a local path, or a Hub id and whether it is
     in the local Hub cache; None when unavailable. Nothing is built or loaded."""
-    from refcoco_edit.models import is_hub_cached, resolve
+    from refcoco_edit.models.resolver import is_hub_cached, resolve
 
     try:
         resolved = resolve(name, overrides, build=False)

@@ -42,7 +42,7 @@ class ReferDiffusionMethod(Method):
     def _resolved(self) -> str | None:
         """The resolver's `referdiffusion` entry: --model referdiffusion=DIR, $REFCOCO_EDIT_MODEL_REFERDIFFUSION
         or the models.yaml config; None when none is set (availability() then says how to set one)."""
-        from refcoco_edit.models import resolve
+        from refcoco_edit.models.resolver import resolve
 
         try:
             return resolve("referdiffusion", self.overrides, build=False).source

@@ -76,7 +76,7 @@ class RefShapesSegmenter(Segmenter):
     def setup(self) -> None:
         import json
 
-        from refcoco_edit.refer import RefCOCO
+        from refcoco_edit.refer.reader import RefCOCO
         from refcoco_edit.refshapes import SAMPLE_DATASET, SAMPLE_SPLIT_BY, sample_root
 
         root = Path(self.root).expanduser() if self.root else sample_root()

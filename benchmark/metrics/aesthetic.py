@@ -158,7 +158,7 @@ class AestheticScore(Metric):
     def availability(self) -> str | None:
         if self._unavailable is not None:
             return self._unavailable
-        from refcoco_edit.models import resolve
+        from refcoco_edit.models.resolver import resolve
 
         try:
             resolve(self.model_name, self.overrides, build=False)
@@ -169,7 +169,7 @@ class AestheticScore(Metric):
         return None
 
     def setup(self) -> None:
-        from refcoco_edit.models import load_pretrained
+        from refcoco_edit.models.resolver import load_pretrained
 
         head, config = load_pretrained(self.model_name, load_head, self.overrides)
         clip_name = self.clip_model or config.get("clip_model") or DEFAULT_CLIP

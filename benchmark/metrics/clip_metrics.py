@@ -10,7 +10,7 @@ Both are 100 x the cosine between a CLIP image embedding and a CLIP text embeddi
 - `clip_t`: the whole output against the sample's target caption; samples without a caption get
   no value, and a run without any caption reports the metric as unavailable.
 
-CLIP comes from the model resolver (`refcoco_edit.models`), `clip-vit-l14` by default; images go
+CLIP comes from the model resolver (`refcoco_edit.models.resolver`), `clip-vit-l14` by default; images go
 through the model's own `CLIPProcessor` (resize, centre crop, normalise), texts through its
 tokenizer (padded, truncated to CLIP's 77 tokens). A loaded model is shared by every metric in the
 process that asks for the same source and device (`get_clip`). Images and texts are embedded in
@@ -110,7 +110,7 @@ def get_clip(
 
     Raises `ModelNotAvailableError` when the resolver has no source or the source cannot be loaded.
     """
-    from refcoco_edit.models import load_pretrained, resolve
+    from refcoco_edit.models.resolver import load_pretrained, resolve
 
     device = device or default_device()
     source = resolve(name, overrides).source
@@ -241,7 +241,7 @@ class _ClipMetric(Metric):
         if self._unavailable is not None:
             return self._unavailable
         from refcoco_edit.errors import ModelNotAvailableError
-        from refcoco_edit.models import resolve
+        from refcoco_edit.models.resolver import resolve
 
         try:
             resolve(self.model_name, self.overrides, build=False)

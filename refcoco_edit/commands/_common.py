@@ -14,7 +14,7 @@ def add_refcoco_args(p: argparse.ArgumentParser) -> None:
 
 
 def open_refcoco(args: argparse.Namespace):
-    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.refer.reader import RefCOCO
 
     return RefCOCO.load(args.refcoco, args.dataset, args.split_by, images=args.images)
 

@@ -28,7 +28,7 @@ def _store_arg(p: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from refcoco_edit.models import add_model_argument
+    from refcoco_edit.models.resolver import add_model_argument
 
     p = sub.add_parser("app", help="serve the annotation app (Gradio); manage its users and user study",
                        description="Serve the annotation app, or manage its users and user study.")
@@ -197,8 +197,8 @@ def _study(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace):
     from annotation_app.context import AppConfig, parse_pipeline_models
     from refcoco_edit.errors import InputError
-    from refcoco_edit.llm import LLMSettings, llm_configured
-    from refcoco_edit.models import parse_model_overrides
+    from refcoco_edit.text.llm import LLMSettings, llm_configured
+    from refcoco_edit.models.resolver import parse_model_overrides
 
     if args.steps < 1 or args.max_candidates < 1 or args.ttl_minutes <= 0:
         raise InputError("--steps, --max-candidates and --ttl-minutes must be positive")

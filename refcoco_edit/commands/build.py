@@ -3,7 +3,7 @@
 Resumable (a rerun with the same arguments skips what is stored and finishes what a killed run left
 half done), fault tolerant (a failing sample is recorded with its error and skipped) and, with
 `--auto-accept`, able to accept samples without a person (recorded as reviewer `auto:<policy>`).
-See `refcoco_edit.build` for the rules; the summary is printed at the end (`--json` for scripts).
+See `refcoco_edit.curation.build` for the rules; the summary is printed at the end (`--json` for scripts).
 
     refcoco-edit build --refcoco sample --store demo_out/store.db \\
         --pipelines synthetic,classical_inpaint --auto-accept oracle
@@ -20,7 +20,7 @@ PIPELINE_CHOICES = ("composition", "region_edit", "inpaint", "classical_inpaint"
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from refcoco_edit.models import add_model_argument
+    from refcoco_edit.models.resolver import add_model_argument
 
     p = sub.add_parser(
         "build",
@@ -64,7 +64,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def _rephraser(args: argparse.Namespace):
-    from refcoco_edit.llm import LLMSettings, llm_configured, make_rephraser
+    from refcoco_edit.text.llm import LLMSettings, llm_configured, make_rephraser
 
     settings = None
     if not args.offline and llm_configured(args.llm_base_url, args.llm_model):
@@ -74,8 +74,8 @@ def _rephraser(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from refcoco_edit.build import DEFAULT_PIPELINES, BuildConfig, build, parse_pipeline_models, split_list
-    from refcoco_edit.models import parse_model_overrides
+    from refcoco_edit.curation.build import DEFAULT_PIPELINES, BuildConfig, build, parse_pipeline_models, split_list
+    from refcoco_edit.models.resolver import parse_model_overrides
     from refcoco_edit.store import Store
 
     cfg = BuildConfig(

@@ -14,7 +14,7 @@ from refcoco_edit.commands._common import add_refcoco_args, open_refcoco, print_
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from refcoco_edit.models import add_model_argument
+    from refcoco_edit.models.resolver import add_model_argument
 
     p = sub.add_parser("candidates", help="list refs with their eligibility as source objects, measures and reasons")
     add_refcoco_args(p)
@@ -28,7 +28,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="also compare CLIP image features of object crops (a model name, e.g. clip-vit-l14)")
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                    help="change a rule threshold (repeatable), e.g. max_area_share=0.4; names and defaults "
-                        "(with why) in refcoco_edit.selection.SelectionThresholds")
+                        "(with why) in refcoco_edit.curation.selection.SelectionThresholds")
     add_model_argument(p)
     return p
 
@@ -38,7 +38,7 @@ def parse_thresholds(items: list[str]):
     from dataclasses import fields
 
     from refcoco_edit.errors import InputError
-    from refcoco_edit.selection import SelectionThresholds
+    from refcoco_edit.curation.selection import SelectionThresholds
 
     kinds = {f.name: (int if f.type in (int, "int") else float) for f in fields(SelectionThresholds)}
     values = {}
@@ -55,8 +55,8 @@ def parse_thresholds(items: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from refcoco_edit.models import parse_model_overrides
-    from refcoco_edit.selection import select_candidates, summarise
+    from refcoco_edit.models.resolver import parse_model_overrides
+    from refcoco_edit.curation.selection import select_candidates, summarise
 
     data = open_refcoco(args)
     if args.ref_id:

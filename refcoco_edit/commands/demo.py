@@ -20,7 +20,7 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from refcoco_edit.demo import run_demo
+    from refcoco_edit.commands.demo_run import run_demo
 
     summary = run_demo(args.out, n_refs=args.refs)
     print(json.dumps(summary, indent=2))

@@ -60,7 +60,7 @@ def register(sub) -> argparse.ArgumentParser:
 def split_model_args(items: list[str]) -> tuple[str | None, dict[str, str]]:
     """`--model` values -> (the pipeline's model name or None, resolver overrides)."""
     from refcoco_edit.errors import InputError
-    from refcoco_edit.models import parse_model_overrides
+    from refcoco_edit.models.resolver import parse_model_overrides
 
     names = [i.strip() for i in items if "=" not in i]
     if len(names) > 1:
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from refcoco_edit.errors import InputError
-    from refcoco_edit.images import open_image
-    from refcoco_edit.masks import load_mask_png, save_mask_png
+    from refcoco_edit.imaging.files import open_image
+    from refcoco_edit.imaging.masks import load_mask_png, save_mask_png
 
     model, overrides = split_model_args(args.model_args)
     if args.num < 1:

@@ -17,7 +17,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refcoco_edit.masks import save_mask_png
+    from refcoco_edit.imaging.masks import save_mask_png
 
     data = open_refcoco(args)
     save_mask_png(data.mask(args.ref_id), args.out)

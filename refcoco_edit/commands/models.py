@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from refcoco_edit.models import CONFIG_ENV, ENV_PREFIX, add_model_argument
+    from refcoco_edit.models.resolver import CONFIG_ENV, ENV_PREFIX, add_model_argument
 
     p = sub.add_parser(
         "models",
@@ -29,7 +29,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from refcoco_edit.errors import ModelNotAvailableError
-    from refcoco_edit.models import list_models, model_names, parse_model_overrides, resolve
+    from refcoco_edit.models.resolver import list_models, model_names, parse_model_overrides, resolve
 
     overrides = parse_model_overrides(args.model_overrides)
     if args.json:

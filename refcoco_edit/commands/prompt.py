@@ -42,7 +42,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from refcoco_edit.errors import InputError
-    from refcoco_edit.prompts import prompt_for_ref
+    from refcoco_edit.text.prompts import prompt_for_ref
 
     data = open_refcoco(args)
     prompt = prompt_for_ref(data, args.ref_id, args.edit, args.target, seed=args.seed, sent_index=args.sentence)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.enrich:
         if args.enrich < 1:
             raise InputError("--enrich needs a positive number")
-        from refcoco_edit.llm import LLMSettings, enrich_batch, llm_configured, make_rephraser
+        from refcoco_edit.text.llm import LLMSettings, enrich_batch, llm_configured, make_rephraser
 
         settings = None
         if not args.offline and llm_configured(args.llm_base_url, args.llm_model):
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         names = [c["name"] for c in data.categories]
         enrichment = enrich_batch([prompt], args.enrich, rephraser, categories=[category], extra_nouns=names)[0]
         if enrichment.error:
-            from refcoco_edit.llm import LLMError
+            from refcoco_edit.text.llm import LLMError
 
             raise LLMError(enrichment.error)
         out["rephrasings"] = [p.to_dict() for p in enrichment.rephrasings]

@@ -44,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from refcoco_edit.errors import InputError
-    from refcoco_edit.synth import SynthConfig, synth_dataset
+    from refcoco_edit.dataset.synth import SynthConfig, synth_dataset
 
     cfg = SynthConfig(seed=args.seed, limit=args.limit, split=args.split, enrich=args.enrich,
                       dilation_ratio=args.dilation_ratio, flip_prob=0.0 if args.no_flip else 0.5,
                       crop_prob=0.0 if args.no_crop else 0.5).check()
     rephraser = None
     if args.enrich:
-        from refcoco_edit.llm import LLMRephraser, LLMSettings, llm_configured
+        from refcoco_edit.text.llm import LLMRephraser, LLMSettings, llm_configured
 
         if not (llm_configured(args.llm_base_url, args.llm_model) or os.environ.get("OPENAI_API_KEY")):
             raise InputError("--enrich needs an LLM: give --llm-base-url or --llm-model, or set OPENAI_BASE_URL "

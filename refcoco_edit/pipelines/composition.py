@@ -87,8 +87,8 @@ def crop_object(image: Any, mask: Any, *, pad: float = CROP_PAD, fill: int | Non
 def load_pbe(name: str, overrides: Mapping[str, str] | None, device: Any, dtype: Any):
     from diffusers import DDIMScheduler
 
-    from refcoco_edit.models import load_pretrained
-    from refcoco_edit.pbe_loading import load_paint_by_example
+    from refcoco_edit.models.resolver import load_pretrained
+    from refcoco_edit.models.pbe_loading import load_paint_by_example
 
     def loader(src: str):
         return load_paint_by_example(src, safety_checker=None)

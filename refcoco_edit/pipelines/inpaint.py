@@ -55,7 +55,7 @@ def load_components(name: str, overrides: Mapping[str, str] | None, device: Any,
     any kind (text-to-image or inpainting), on `device` in `dtype`."""
     from diffusers import DDIMScheduler, DiffusionPipeline
 
-    from refcoco_edit.models import load_pretrained
+    from refcoco_edit.models.resolver import load_pretrained
 
     def loader(src: str):
         return DiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)

@@ -190,7 +190,7 @@ class ClipRanker:
         except ImportError:
             from transformers import CLIPImageProcessor as ImageProcessor
 
-        from refcoco_edit.models import load_pretrained
+        from refcoco_edit.models.resolver import load_pretrained
 
         def loader(src: str):
             return (
@@ -244,7 +244,7 @@ def load_sd(name: str, overrides: Mapping[str, str] | None, device: Any, dtype: 
     """A StableDiffusionPipeline from the resolver, with a DDIM scheduler, on `device`."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from refcoco_edit.models import load_pretrained
+    from refcoco_edit.models.resolver import load_pretrained
 
     def loader(src: str):
         # Loaded as saved, then cast: the dtype keyword changed name across diffusers versions.

@@ -35,7 +35,7 @@ def decode(rle: dict) -> np.ndarray:
     Decoded by `refer.decode_segmentation`, which checks that the runs cover exactly H*W pixels:
     pycocotools itself would leave the pixels past short runs as uninitialised memory.
     """
-    from refcoco_edit.refer import decode_segmentation
+    from refcoco_edit.refer.reader import decode_segmentation
 
     try:
         h, w = (int(v) for v in rle["size"])

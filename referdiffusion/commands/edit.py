@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from refcoco_edit.errors import InputError, ModelNotAvailableError
-    from refcoco_edit.images import open_image
+    from refcoco_edit.imaging.files import open_image
 
     if args.steps < 1:
         raise InputError(f"--steps must be at least 1, got {args.steps}")

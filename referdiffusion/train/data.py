@@ -47,7 +47,7 @@ def open_dataset(spec: str, split: str | None = "train", max_samples: int | None
 
     `split=None` joins every split of the dataset (in the export's split order).
     """
-    from refcoco_edit.dataset_io import load_refcoco_edit
+    from refcoco_edit.dataset.io import load_refcoco_edit
 
     path: str | Path = spec
     if spec.startswith(SAMPLE_PREFIX):
@@ -67,7 +67,7 @@ def open_dataset(spec: str, split: str | None = "train", max_samples: int | None
         else:
             import datasets
 
-            from refcoco_edit.export import split_sort_key
+            from refcoco_edit.dataset.export import split_sort_key
 
             parts = [ds[k] for k in sorted(ds.keys(), key=split_sort_key)]
             ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
@@ -159,7 +159,7 @@ class EditingDataset:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from refcoco_edit.dataset_io import decode_image, decode_mask
+        from refcoco_edit.dataset.io import decode_image, decode_mask
         from referdiffusion.text import spans_to_token_mask, tokenize
 
         row = self.dataset[int(index)]

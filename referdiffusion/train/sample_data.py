@@ -7,7 +7,7 @@ So that `referdiffusion train --config tiny` runs with nothing prepared, a stage
   `refcoco-edit build --refcoco sample --pipelines synthetic --auto-accept oracle` then
   `refcoco-edit export`.
 
-Each is written once into `<cache>/datasets/` (the cache of `refcoco_edit.models.cache_dir()`) under a
+Each is written once into `<cache>/datasets/` (the cache of `refcoco_edit.models.resolver.cache_dir()`) under a
 file lock, in a temporary folder renamed into place, so a folder that exists is complete.
 """
 
@@ -28,23 +28,23 @@ SAMPLE_DATASETS = ("sample:synth", "sample:edits")
 
 
 def sample_folder(spec: str) -> Path:
-    from refcoco_edit.models import cache_dir
+    from refcoco_edit.models.resolver import cache_dir
 
     kind = spec.split(":", 1)[1]
     return cache_dir() / "datasets" / f"refshapes-{kind}-{SAMPLE_DATA_VERSION}"
 
 
 def _make_synth(out: Path) -> None:
-    from refcoco_edit.refer import RefCOCO
-    from refcoco_edit.synth import SynthConfig, synth_dataset
+    from refcoco_edit.refer.reader import RefCOCO
+    from refcoco_edit.dataset.synth import SynthConfig, synth_dataset
 
     synth_dataset(RefCOCO.load("sample"), out, SynthConfig(seed=0))
 
 
 def _make_edits(out: Path) -> None:
-    from refcoco_edit.build import BuildConfig, build
-    from refcoco_edit.export import export_store
-    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.curation.build import BuildConfig, build
+    from refcoco_edit.dataset.export import export_store
+    from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.store import Store
 
     with tempfile.TemporaryDirectory(prefix="refshapes-store-") as tmp:

@@ -49,14 +49,14 @@ def pipeline_factory(name: str, model: str | None):
 
 @pytest.fixture(scope="session")
 def refshapes():
-    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.refer.reader import RefCOCO
 
     return RefCOCO.load("sample")
 
 
 @pytest.fixture(scope="session")
 def verdicts(refshapes):
-    from refcoco_edit.selection import select_candidates
+    from refcoco_edit.curation.selection import select_candidates
 
     return {c.ref_id: c for c in select_candidates(refshapes)}
 

@@ -383,7 +383,7 @@ def test_every_action_needs_a_signed_in_user_with_a_role(ctx):
 
 def test_llm_rephrasings_through_a_local_endpoint(make_ctx, tmp_path, monkeypatch):
     """The app's rephrase action with the real OpenAI client against a scripted local server."""
-    from refcoco_edit.llm import LLMError, LLMSettings
+    from refcoco_edit.text.llm import LLMError, LLMSettings
     from tests.refcoco_edit import llm_server as srv
 
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):

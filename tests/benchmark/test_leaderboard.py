@@ -155,7 +155,7 @@ def test_repeated_labels_are_told_apart(runs, bench_dataset, tmp_path):
 
 def test_image_grid_rows_are_as_tall_as_their_pictures():
     """The leaderboard's PNG grid (`viz.image_grid`): 4:3 pictures get 4:3 cells, not squares."""
-    from refcoco_edit.viz import image_grid
+    from refcoco_edit.imaging.viz import image_grid
 
     wide = Image.new("RGB", (400, 300), (200, 10, 10))
     tall = Image.new("RGB", (300, 400), (10, 200, 10))

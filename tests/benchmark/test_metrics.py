@@ -382,7 +382,7 @@ def test_clip_metric_with_a_missing_model_path_is_unavailable(no_user_models, tm
 def _tiny_clip(tiny_cache):
     from transformers import CLIPModel, CLIPProcessor
 
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
 
     src = resolve("tiny-clip").source
     return CLIPModel.from_pretrained(src).eval(), CLIPProcessor.from_pretrained(src)
@@ -471,7 +471,7 @@ def test_aesthetic_tiny_head_equals_laion_mlp_by_hand(tiny_cache, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
 
     model, processor = _tiny_clip(tiny_cache)
     head_dir = Path(resolve("tiny-aesthetic").source)

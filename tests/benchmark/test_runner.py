@@ -81,7 +81,7 @@ def test_the_dataset_fingerprint_follows_the_content_not_the_copy(bench_dataset,
 
 
 def test_dataset_sample_is_built_once_into_the_cache_and_reused(bench_dataset, tmp_path, monkeypatch):
-    import refcoco_edit.build
+    import refcoco_edit.curation.build
 
     monkeypatch.setenv("REFCOCO_EDIT_CACHE", str(tmp_path / "cache"))
     target = tmp_path / "cache" / "datasets" / "refshapes-edit-v1"
@@ -90,7 +90,7 @@ def test_dataset_sample_is_built_once_into_the_cache_and_reused(bench_dataset, t
     def no_build(*a, **k):
         raise AssertionError("the cached dataset should have been reused")
 
-    monkeypatch.setattr(refcoco_edit.build, "build", no_build)
+    monkeypatch.setattr(refcoco_edit.curation.build, "build", no_build)
     assert ensure_sample_dataset() == target
     selection = open_selection("sample", limit=2)
     assert selection.source == str(target) and len(selection) == 2

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from refcoco_edit import cli
-from refcoco_edit.build import (
+from refcoco_edit.curation.build import (
     ATTRIBUTE_COLOURS,
     ORACLE_MAX_MAD,
     ORACLE_MAX_RATIO,
@@ -30,7 +30,7 @@ from refcoco_edit.errors import InputError
 from refcoco_edit.pipelines.base import Candidate as PipeCandidate
 from refcoco_edit.pipelines.base import dilate
 from refcoco_edit.pipelines.classical_inpaint import DEFAULT_DILATE
-from refcoco_edit.refer import RefCOCO, decode_segmentation
+from refcoco_edit.refer.reader import RefCOCO, decode_segmentation
 from refcoco_edit.refshapes import sample_root
 from refcoco_edit.store import Store
 
@@ -447,7 +447,7 @@ def test_bad_requests_fail_before_any_work(tmp_path, capsys):
 
 def test_region_edit_on_tiny_sd15(tmp_path, capsys, tiny_cache):
     from refcoco_edit.pipelines import get_pipeline
-    from refcoco_edit.prompts import indefinite
+    from refcoco_edit.text.prompts import indefinite
 
     loaded = {}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from refcoco_edit.cli import main
-from refcoco_edit.refer import RefCOCO
+from refcoco_edit.refer.reader import RefCOCO
 
 
 def test_stats_json(mini_root: Path, capsys) -> None:

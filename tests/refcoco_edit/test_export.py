@@ -13,8 +13,8 @@ import yaml
 from PIL import Image
 
 from refcoco_edit.cli import main
-from refcoco_edit.dataset_card import FIELD_DOCS
-from refcoco_edit.dataset_io import (
+from refcoco_edit.dataset.card import FIELD_DOCS
+from refcoco_edit.dataset.io import (
     SampleView,
     decode_mask,
     encode_mask_png,
@@ -23,7 +23,7 @@ from refcoco_edit.dataset_io import (
     sample_to_row,
 )
 from refcoco_edit.errors import InputError
-from refcoco_edit.export import DatasetWriter, ExportRefusedError, export_store
+from refcoco_edit.dataset.export import DatasetWriter, ExportRefusedError, export_store
 from refcoco_edit.schema import EDIT_TYPES, PIPELINES, Sample, features
 from refcoco_edit.store import Store, rle
 from tests.refcoco_edit.store_worker import make_sample
@@ -34,8 +34,8 @@ N_EDITS = 12  # RefShapes edits put in the store (replace/remove/attribute, seve
 # ---------------------------------------------------------------------------- fixtures
 def refshapes_samples(n: int = N_EDITS) -> list[Sample]:
     """Samples with RefShapes' exact reference edits and template prompts (spans exact)."""
-    from refcoco_edit.prompts import prompt_for_ref
-    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.text.prompts import prompt_for_ref
+    from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.refshapes import sample_root
 
     data = RefCOCO.load("sample")

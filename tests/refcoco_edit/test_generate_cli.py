@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from refcoco_edit.cli import main
-from refcoco_edit.masks import save_mask_png
-from refcoco_edit.refer import RefCOCO
+from refcoco_edit.imaging.masks import save_mask_png
+from refcoco_edit.refer.reader import RefCOCO
 
 
 @pytest.fixture(scope="module")

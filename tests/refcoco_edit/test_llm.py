@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from refcoco_edit.llm import (
+from refcoco_edit.text.llm import (
     AnswerCache,
     LLMError,
     LLMRephraser,
@@ -21,7 +21,7 @@ from refcoco_edit.llm import (
     parse_json_answer,
     retry_after_seconds,
 )
-from refcoco_edit.prompts import compose
+from refcoco_edit.text.prompts import compose
 from tests.refcoco_edit import llm_server as srv
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refcoco_edit import models
+from refcoco_edit.models import resolver as models
 from refcoco_edit.errors import DataError, InputError, ModelNotAvailableError
 
 PROMPT = "replace the cow in the back with a panda"
@@ -205,7 +205,7 @@ def test_load_pretrained_local_errors(tmp_path):
 def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("REFCOCO_EDIT_CACHE", str(tmp_path / "c"))
     assert models.cache_dir() == tmp_path / "c"
-    from refcoco_edit import tiny_models
+    from refcoco_edit.models import tiny as tiny_models
 
     assert tiny_models.tiny_folder("tiny-clip") == tmp_path / "c" / "models" / f"tiny-clip-{tiny_models.TINY_VERSION}"
     monkeypatch.delenv("REFCOCO_EDIT_CACHE")
@@ -249,7 +249,7 @@ def _openai_tokenizer():
 
 
 def test_tokenizer_matches_openai_clip():
-    from refcoco_edit.tiny_models import build_clip_tokenizer
+    from refcoco_edit.models.tiny import build_clip_tokenizer
 
     tok = build_clip_tokenizer()
     assert tok(PROMPT).input_ids == PROMPT_IDS
@@ -262,7 +262,7 @@ def test_tokenizer_matches_openai_clip():
 
 
 def test_tokenizer_without_clip_anytorch(monkeypatch):
-    from refcoco_edit import tiny_models
+    from refcoco_edit.models import tiny as tiny_models
 
     monkeypatch.setattr(tiny_models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match="pip install --no-deps clip-anytorch"):
@@ -303,7 +303,7 @@ def _run(pipe, name: str, seed: int = 0) -> np.ndarray:
 def _load_pipeline(name: str):
     import diffusers
 
-    from refcoco_edit.pbe_loading import load_paint_by_example
+    from refcoco_edit.models.pbe_loading import load_paint_by_example
 
     loader = {
         "tiny-sd15": diffusers.StableDiffusionPipeline.from_pretrained,
@@ -339,8 +339,8 @@ def test_tiny_pipelines_load_and_run(tiny_cache, name, in_channels):
 def test_paint_by_example_round_trip(tiny_cache, tmp_path):
     """In-memory pipeline -> save -> our loader gives identical outputs, for our fixed-up folder, for
     diffusers' own (unloadable as such) save, and for the Hub-style index."""
-    from refcoco_edit import tiny_models
-    from refcoco_edit.pbe_loading import ENCODER_ENTRY, load_paint_by_example
+    from refcoco_edit.models import tiny as tiny_models
+    from refcoco_edit.models.pbe_loading import ENCODER_ENTRY, load_paint_by_example
 
     built = tiny_models.make_tiny_pipeline("tiny-paint-by-example")
     built.set_progress_bar_config(disable=True)
@@ -358,7 +358,7 @@ def test_paint_by_example_round_trip(tiny_cache, tmp_path):
 
 
 def test_paint_by_example_missing_hub_id():
-    from refcoco_edit.pbe_loading import load_paint_by_example
+    from refcoco_edit.models.pbe_loading import load_paint_by_example
 
     with pytest.raises(OSError):
         load_paint_by_example("nobody-xyz/no-such-pbe", local_files_only=True)
@@ -389,7 +389,7 @@ def test_tiny_aesthetic_head(tiny_cache):
     from safetensors.torch import load_file
     from transformers import CLIPModel
 
-    from refcoco_edit.tiny_models import AESTHETIC_HIDDEN
+    from refcoco_edit.models.tiny import AESTHETIC_HIDDEN
 
     folder = Path(models.resolve("tiny-aesthetic").source)
     config = json.loads((folder / "config.json").read_text())
@@ -414,7 +414,7 @@ def test_tiny_aesthetic_head(tiny_cache):
 
 
 def test_materialize_is_deterministic(tmp_path):
-    from refcoco_edit.tiny_models import materialize
+    from refcoco_edit.models.tiny import materialize
 
     def files(folder: Path) -> dict[str, bytes]:
         return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -428,7 +428,7 @@ def test_materialize_is_deterministic(tmp_path):
 
 def test_materialize_locking_and_cleanup(tmp_path, monkeypatch):
     """Concurrent requests build once; a failed build leaves nothing behind."""
-    from refcoco_edit import tiny_models
+    from refcoco_edit.models import tiny as tiny_models
 
     calls = []
 
@@ -463,7 +463,7 @@ def test_materialize_locking_and_cleanup(tmp_path, monkeypatch):
 def test_materialized_model_returns_without_torch(tiny_cache):
     models.resolve("tiny-aesthetic")  # built (once) in the shared test cache
     code = (
-        "import sys; from refcoco_edit.models import resolve; "
+        "import sys; from refcoco_edit.models.resolver import resolve; "
         "print(resolve('tiny-aesthetic').source); print('torch' in sys.modules)"
     )
     env = {**os.environ, "REFCOCO_EDIT_CACHE": str(tiny_cache)}
@@ -474,7 +474,7 @@ def test_materialized_model_returns_without_torch(tiny_cache):
 
 def test_building_a_tiny_model_leaves_the_global_torch_rng_alone(tmp_path):
     torch = pytest.importorskip("torch")
-    from refcoco_edit.tiny_models import materialize
+    from refcoco_edit.models.tiny import materialize
 
     torch.manual_seed(1234)
     expected = torch.rand(3)

@@ -52,7 +52,7 @@ def _as_float(cands) -> np.ndarray:
 def sd(tiny_cache):
     import diffusers
 
-    from refcoco_edit import models
+    from refcoco_edit.models import resolver as models
 
     pipe = models.load_pretrained("tiny-sd15", diffusers.StableDiffusionPipeline.from_pretrained)
     pipe.set_progress_bar_config(disable=True)
@@ -236,7 +236,7 @@ def test_region_edit_clip_ranking(region, tiny_cache) -> None:
     import torch
     from transformers import CLIPModel, CLIPTokenizer
 
-    from refcoco_edit import models
+    from refcoco_edit.models import resolver as models
     from refcoco_edit.pipelines.region_edit import region_crop
 
     image, mask = _image(seed=6), _block_mask()
@@ -265,7 +265,7 @@ def test_region_edit_clip_ranking(region, tiny_cache) -> None:
 def test_inpaint_9_channel_equals_diffusers(tiny_cache) -> None:
     import diffusers
 
-    from refcoco_edit import models
+    from refcoco_edit.models import resolver as models
     from refcoco_edit.pipelines import get_pipeline
 
     pipe = get_pipeline("inpaint", "tiny-sd-inpaint", device="cpu", progress=False)
@@ -305,8 +305,8 @@ def test_inpaint_with_text_to_image_model_blends(sd) -> None:
 
 
 def test_composition_equals_paint_by_example(tiny_cache) -> None:
-    from refcoco_edit import models
-    from refcoco_edit.pbe_loading import load_paint_by_example
+    from refcoco_edit.models import resolver as models
+    from refcoco_edit.models.pbe_loading import load_paint_by_example
     from refcoco_edit.pipelines import get_pipeline
     from refcoco_edit.pipelines.composition import crop_object
 

@@ -9,7 +9,7 @@ import pytest
 
 from refcoco_edit.cli import build_parser, run_cli
 from refcoco_edit.errors import InputError
-from refcoco_edit.prompts import (
+from refcoco_edit.text.prompts import (
     CLI_KEYS,
     TEMPLATES,
     Prompt,
@@ -19,9 +19,9 @@ from refcoco_edit.prompts import (
     ref_sentences,
     referring_phrase,
 )
-from refcoco_edit.refer import RefCOCO
-from refcoco_edit.rephrase import RuleRephraser
-from refcoco_edit.subjects import COCO_CATEGORIES, extract_subject, head_noun, key_words, subject_for_ref
+from refcoco_edit.refer.reader import RefCOCO
+from refcoco_edit.text.rephrase import RuleRephraser
+from refcoco_edit.text.subjects import COCO_CATEGORIES, extract_subject, head_noun, key_words, subject_for_ref
 
 SAMPLE = "sample"
 TARGETS = {"replace": "giraffe", "remove": None, "attribute": "red", "add": "apple", "other": "make it shine"}

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from refcoco_edit.errors import DataError, InputError, UnsafePickleError
-from refcoco_edit.refer import RefCOCO, decode_segmentation, rle_string_counts
-from refcoco_edit.safe_pickle import safe_load, safe_load_bytes
+from refcoco_edit.refer.reader import RefCOCO, decode_segmentation, rle_string_counts
+from refcoco_edit.refer.safe_pickle import safe_load, safe_load_bytes
 from tests.refcoco_edit.conftest import make_mini_refcoco
 from tests.refcoco_edit.py2pickle import dumps_py2
 
@@ -277,7 +277,7 @@ def test_image_file_names_cannot_leave_the_image_folder(tmp_path: Path) -> None:
 def test_oversized_image_refused_before_decoding(tmp_path: Path) -> None:
     from PIL import Image
 
-    from refcoco_edit.images import open_image
+    from refcoco_edit.imaging.files import open_image
 
     path = tmp_path / "big.png"
     Image.new("1", (3000, 3000)).save(path)  # tiny file, 9 megapixels

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from refcoco_edit.cli import build_parser, run_cli
-from refcoco_edit.refer import RefCOCO
-from refcoco_edit.selection import (
+from refcoco_edit.refer.reader import RefCOCO
+from refcoco_edit.curation.selection import (
     SelectionThresholds,
     colour_histogram,
     histogram_intersection,

@@ -12,11 +12,11 @@ import pytest
 
 from refcoco_edit.cli import main
 from refcoco_edit.errors import InputError
-from refcoco_edit.llm import Enrichment
-from refcoco_edit.prompts import Prompt, ref_sentences, referring_phrase
-from refcoco_edit.refer import RefCOCO
+from refcoco_edit.text.llm import Enrichment
+from refcoco_edit.text.prompts import Prompt, ref_sentences, referring_phrase
+from refcoco_edit.refer.reader import RefCOCO
 from refcoco_edit.schema import validate
-from refcoco_edit.synth import (
+from refcoco_edit.dataset.synth import (
     NAMED_COLOURS,
     SynthConfig,
     choose_colour,

@@ -193,7 +193,7 @@ def parts(tiny_cache):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
     from referdiffusion.rem import RegionEmbedder
 
     src = resolve("tiny-ip2p").source

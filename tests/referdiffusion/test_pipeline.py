@@ -74,7 +74,7 @@ def test_checkpoint_layout(checkpoint):
 
 def test_round_trip_keeps_every_weight(checkpoint, pipe):
     from referdiffusion.init import make_pipeline
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
 
     fresh = make_pipeline(resolve("tiny-ip2p").source)
     assert type(pipe.rem).__name__ == "RegionEmbedder" and type(pipe.scheduler).__name__ == "DDIMScheduler"
@@ -170,7 +170,7 @@ def test_opening_the_gate_changes_the_edit(checkpoint, ip2p):
 def test_init_from_stable_diffusion_widens_the_first_convolution(tiny_cache, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
 
     report = init_checkpoint("tiny-sd15", tmp_path / "ck")
     assert report.source_kind == "stable-diffusion" and report.widened_conv_in

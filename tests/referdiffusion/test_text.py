@@ -20,7 +20,7 @@ OPENAI_IDS = [49406, 9466, 518, 9706, 530, 518, 893, 593, 320, 12952, 49407]
 def tokenizer(tiny_cache):
     from transformers import CLIPTokenizer
 
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
 
     return CLIPTokenizer.from_pretrained(resolve("tiny-ip2p").source, subfolder="tokenizer")
 

@@ -35,7 +35,7 @@ EDIT = "a red square"
 def tokenizer(tiny_cache):
     from transformers import CLIPTokenizer
 
-    from refcoco_edit.models import resolve
+    from refcoco_edit.models.resolver import resolve
 
     return CLIPTokenizer.from_pretrained(resolve("tiny-ip2p").source, subfolder="tokenizer")
 

@@ -442,7 +442,7 @@ def _clip_embedder(name: str, overrides: dict[str, str] | None) -> Callable[[np.
     except ImportError:
         from transformers import CLIPImageProcessor
 
-    from refcoco_edit.models import load_pretrained
+    from refcoco_edit.models.resolver import load_pretrained
 
     model, processor = load_pretrained(
         name, lambda src: (CLIPModel.from_pretrained(src).eval(), CLIPImageProcessor.from_pretrained(src)), overrides

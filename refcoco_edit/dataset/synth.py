@@ -13,7 +13,7 @@ For each ref (object mask + referring expression) of a RefCOCO-family dataset:
    Templates put the subject and colour only in the edit part (<...>) and the expression only in
    {ref}; `prompts.render` records both spans while it assembles the text, so `referring_spans` and
    `edit_spans` are exact and non-empty by construction (and checked again by `schema.validate`).
-   With `enrich` > 0 an LLM (through `refcoco_edit.llm`) rephrases the prompt; a rephrasing is kept
+   With `enrich` > 0 an LLM (through `refcoco_edit.text.llm`) rephrases the prompt; a rephrasing is kept
    only if it passes the rephrasing checks and still names the colour in its edit part.
 4. Sample: source I_s = the covered picture, target I_e = the original picture, edit_mask = M_e,
    source_mask = M, edit_type "other", target = the subject noun, pipeline "synthetic", status
@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError, RefcocoEditError
-from refcoco_edit.prompts import Prompt, ref_sentences, referring_phrase, render
+from refcoco_edit.text.prompts import Prompt, ref_sentences, referring_phrase, render
 from refcoco_edit.schema import Sample
-from refcoco_edit.subjects import COLOUR_WORDS, extract_subject, tokens
+from refcoco_edit.text.subjects import COLOUR_WORDS, extract_subject, tokens
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +366,8 @@ def synth_dataset(data: Any, out: Path | str, cfg: SynthConfig, *, rephraser: An
                   shard_size: int = 1000, overwrite: bool = False, save_to_disk: bool = True,
                   progress: bool = False) -> SynthSummary:
     """Write stage-1 samples of `data` (a `RefCOCO`) as a dataset folder, in the export's format."""
-    from refcoco_edit.dataset_card import CardInfo
-    from refcoco_edit.export import DatasetWriter
+    from refcoco_edit.dataset.card import CardInfo
+    from refcoco_edit.dataset.export import DatasetWriter
 
     cfg.check()
     summary = SynthSummary()

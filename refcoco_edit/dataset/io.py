@@ -7,7 +7,7 @@ masks as black and white, while a 0/1 mask looks all black), spans as lists of [
 `Sample` into such a row and back (masks back to 0/1 uint8 arrays), so the exporter, the trainer and
 the benchmark agree on one encoding.
 
-    from refcoco_edit.dataset_io import load_refcoco_edit, SampleView
+    from refcoco_edit.dataset.io import load_refcoco_edit, SampleView
     ds = load_refcoco_edit("out/refcoco-edit", split="val")   # a datasets.Dataset
     for sample in SampleView(ds):                              # refcoco_edit.schema.Sample
         ...

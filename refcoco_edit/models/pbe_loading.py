@@ -59,7 +59,7 @@ def load_image_encoder(folder: str | os.PathLike, dtype: Any = None):
     """
     from transformers import CLIPVisionConfig
 
-    from refcoco_edit.tiny_models import paint_by_example_encoder_class
+    from refcoco_edit.models.tiny import paint_by_example_encoder_class
 
     sub = Path(folder) / ENCODER
     config = CLIPVisionConfig.from_pretrained(sub)

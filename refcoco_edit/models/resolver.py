@@ -268,7 +268,7 @@ def resolve(name: str, overrides: Mapping[str, str] | None = None, *, build: boo
     for key in overrides:
         _check_name(key, "the model overrides")
     if is_tiny(name):
-        from refcoco_edit import tiny_models
+        from refcoco_edit.models import tiny as tiny_models
 
         folder = tiny_models.materialize(name) if build else tiny_models.tiny_folder(name)
         return ResolvedModel(name, str(folder), "tiny")

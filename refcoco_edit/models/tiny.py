@@ -6,7 +6,7 @@ seed, written once with `save_pretrained` into the cache and read back by the ca
 classes' `from_pretrained`, exactly like a downloaded model.
 
 Layout: `<root>/models/<name>-<TINY_VERSION>/`, where `root` defaults to
-`refcoco_edit.models.cache_dir()`. Building happens in a temporary folder next to the destination,
+`refcoco_edit.models.resolver.cache_dir()`. Building happens in a temporary folder next to the destination,
 under a file lock, and ends with an atomic rename, so a folder that exists is complete and several
 processes may ask for the same model at once. Bump `TINY_VERSION` whenever a builder changes, so
 stale folders are never reused.
@@ -327,7 +327,7 @@ def _save_pipeline(name: str) -> Callable[[Path], None]:
     def build(out: Path) -> None:
         make_tiny_pipeline(name).save_pretrained(out)
         if name == "tiny-paint-by-example":
-            from refcoco_edit.pbe_loading import fix_model_index
+            from refcoco_edit.models.pbe_loading import fix_model_index
 
             fix_model_index(out)
 
@@ -397,7 +397,7 @@ def tiny_folder(name: str, root: Path | None = None) -> Path:
     if name not in BUILDERS:
         raise KeyError(name)
     if root is None:
-        from refcoco_edit.models import cache_dir
+        from refcoco_edit.models.resolver import cache_dir
 
         root = cache_dir()
     return Path(root) / "models" / f"{name}-{TINY_VERSION}"

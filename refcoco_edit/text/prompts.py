@@ -21,7 +21,7 @@ from typing import Any
 
 from refcoco_edit.errors import InputError
 from refcoco_edit.schema import EDIT_TYPES, span_problems, span_text
-from refcoco_edit.subjects import COLOUR_WORDS
+from refcoco_edit.text.subjects import COLOUR_WORDS
 
 SOURCES = ("template", "llm", "rephrase")
 # names people type for the edit types; "add" is "add next to", "other" is free text

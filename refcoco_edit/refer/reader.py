@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError
-from refcoco_edit.safe_pickle import gc_paused, safe_load
+from refcoco_edit.refer.safe_pickle import gc_paused, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ class RefCOCO:
 
     def load_image(self, image_id: int):
         """The image as RGB, checked against the size instances.json gives it."""
-        from refcoco_edit.images import open_image
+        from refcoco_edit.imaging.files import open_image
 
         info = self.image(image_id)
         im = open_image(self.image_path(image_id))

@@ -32,9 +32,9 @@ DEMO_SPLIT = "testB"  # 48 samples: enough for confidence intervals, quick to sc
 
 def run_demo(out: Path, n_refs: int = 6, methods: tuple[tuple[str, dict], ...] = DEMO_METHODS) -> dict[str, Any]:
     """Run every stage into `out` and return a summary of what each made."""
-    from refcoco_edit.build import BuildConfig, build
-    from refcoco_edit.export import export_store
-    from refcoco_edit.refer import RefCOCO
+    from refcoco_edit.curation.build import BuildConfig, build
+    from refcoco_edit.dataset.export import export_store
+    from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.store import Store
 
     out = Path(out)
@@ -89,8 +89,8 @@ def _score(out: Path, methods: tuple[tuple[str, dict], ...]) -> dict[str, Any]:
 
 def _overview(data, n_refs: int):
     """A grid: each row a ref (source with the object outlined), then its exact reference edits."""
-    from refcoco_edit.build import GroundTruth
-    from refcoco_edit.viz import image_grid, overlay_mask
+    from refcoco_edit.curation.build import GroundTruth
+    from refcoco_edit.imaging.viz import image_grid, overlay_mask
 
     gt = GroundTruth.find(data)
     rows, labels = [], []

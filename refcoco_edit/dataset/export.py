@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from refcoco_edit.dataset_card import CardInfo, Stats, render_card
-from refcoco_edit.dataset_io import SAVE_TO_DISK_DIR, sample_to_row
+from refcoco_edit.dataset.card import CardInfo, Stats, render_card
+from refcoco_edit.dataset.io import SAVE_TO_DISK_DIR, sample_to_row
 from refcoco_edit.errors import DataError, InputError
 from refcoco_edit.schema import Sample, validate
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from refcoco_edit.errors import InputError, RefcocoEditError
-from refcoco_edit.prompts import Prompt
-from refcoco_edit.subjects import key_words, missing_words, tokens
+from refcoco_edit.text.prompts import Prompt
+from refcoco_edit.text.subjects import key_words, missing_words, tokens
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class LLMError(RefcocoEditError):
 def default_cache_dir() -> Path:
     """`<refcoco-edit cache>/llm` (the models resolver's cache folder), else ~/.cache/refcoco-edit/llm."""
     try:
-        from refcoco_edit.models import cache_dir
+        from refcoco_edit.models.resolver import cache_dir
     except ImportError:  # pragma: no cover - the resolver ships with the package
         return Path("~/.cache/refcoco-edit/llm").expanduser()
     return cache_dir() / "llm"
@@ -547,7 +547,7 @@ def make_rephraser(settings: LLMSettings | None, seed: int = 0, *, sleep: Callab
                    ) -> Rephraser:
     """The LLM rephraser when settings are given, else the offline rule-based one."""
     if settings is None:
-        from refcoco_edit.rephrase import RuleRephraser
+        from refcoco_edit.text.rephrase import RuleRephraser
 
         return RuleRephraser(seed)
     return LLMRephraser(settings, sleep=sleep)

@@ -23,6 +23,6 @@ def save_mask_png(mask: np.ndarray, path: Path | str) -> Path:
 
 def load_mask_png(path: Path | str) -> np.ndarray:
     """Read a mask image as a (H, W) uint8 array of 0 and 1 (pixels above 127 are inside)."""
-    from refcoco_edit.images import open_image
+    from refcoco_edit.imaging.files import open_image
 
     return (np.asarray(open_image(path, mode="L")) > 127).astype(np.uint8)

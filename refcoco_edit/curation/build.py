@@ -164,7 +164,7 @@ class BuildConfig:
         return AcceptPolicy.parse(self.auto_accept)
 
     def check(self) -> BuildConfig:
-        from refcoco_edit.prompts import normalise_edit_type
+        from refcoco_edit.text.prompts import normalise_edit_type
 
         pipelines = tuple(dict.fromkeys(p.strip() for p in self.pipelines if p.strip()))
         unknown = [p for p in pipelines if p not in ALL_PIPELINES]
@@ -238,7 +238,7 @@ class GroundTruth:
     @classmethod
     def find(cls, data) -> GroundTruth | None:
         """The ground truth beside the dataset's refs, or None when the folder has no edits.json."""
-        from refcoco_edit.refer import load_json
+        from refcoco_edit.refer.reader import load_json
 
         path = Path(data.source) / EDITS_FILE
         if not path.is_file():
@@ -262,8 +262,8 @@ class GroundTruth:
         return rec
 
     def edited_image(self, rec: dict):
-        from refcoco_edit.images import open_image
-        from refcoco_edit.refer import member_path
+        from refcoco_edit.imaging.files import open_image
+        from refcoco_edit.refer.reader import member_path
 
         name = rec.get("edited_file")
         if not name:
@@ -272,7 +272,7 @@ class GroundTruth:
         return open_image(member_path(self.folder, name, f"{self.folder / EDITS_FILE}: edit {rec.get('edit_id')}"))
 
     def edit_mask(self, rec: dict, height: int, width: int) -> np.ndarray:
-        from refcoco_edit.refer import decode_segmentation
+        from refcoco_edit.refer.reader import decode_segmentation
 
         return decode_segmentation(rec.get("edit_mask"), height, width, f"ground-truth edit {rec.get('edit_id')}")
 
@@ -413,7 +413,7 @@ def select_refs(data, split: str | None = None, limit: int | None = None, *, use
     """Eligible refs (selection.Candidate) in file order, the first `limit` of them; also how many
     refs were judged and why the others were not eligible. With a limit, refs are judged in chunks
     and judging stops once enough are found (a full RefCOCO need not be read for a small build)."""
-    from refcoco_edit.selection import select_candidates
+    from refcoco_edit.curation.selection import select_candidates
 
     ids = data.ref_ids(split=split)
     chunk = len(ids) if limit is None else max(SELECTION_CHUNK, 2 * limit)
@@ -463,7 +463,7 @@ class Builder:
         self._pipelines: dict[str, Any] = {}
         self._rephraser = rephraser
         if self.cfg.enrich and rephraser is None:
-            from refcoco_edit.llm import make_rephraser
+            from refcoco_edit.text.llm import make_rephraser
 
             self._rephraser = make_rephraser(None, seed=self.cfg.seed)
         self._category_names = [str(c["name"]) for c in data.categories]
@@ -535,7 +535,7 @@ class Builder:
 
     def prompt_for(self, ctx: _RefContext, edit: str):
         if edit not in ctx.prompts:
-            from refcoco_edit.prompts import prompt_for_ref
+            from refcoco_edit.text.prompts import prompt_for_ref
 
             ctx.prompts[edit] = prompt_for_ref(self.data, ctx.ref_id, edit, self.target_for(ctx, edit),
                                                seed=self.cfg.seed)
@@ -544,7 +544,7 @@ class Builder:
     def enrichment_for(self, ctx: _RefContext, edit: str) -> tuple[list[dict], str | None]:
         """Rephrasings (unreviewed) of the unit's prompt, and the error when enrichment failed."""
         if edit not in ctx.enriched:
-            from refcoco_edit.llm import enrich_batch
+            from refcoco_edit.text.llm import enrich_batch
 
             prompt = self.prompt_for(ctx, edit)
             e = enrich_batch([prompt], self.cfg.enrich, self._rephraser, categories=[ctx.category],
@@ -558,13 +558,13 @@ class Builder:
         return ctx.enriched[edit]
 
     def subject_noun(self, ctx: _RefContext, sent_index: int) -> str:
-        from refcoco_edit.subjects import subject_for_ref
+        from refcoco_edit.text.subjects import subject_for_ref
 
         return subject_for_ref(self.data, ctx.ref_id, sent_index).noun or ctx.category
 
     def text_for(self, ctx: _RefContext, edit: str) -> str:
         """What region_edit paints: a description of the new content, not the instruction."""
-        from refcoco_edit.prompts import indefinite
+        from refcoco_edit.text.prompts import indefinite
 
         prompt = self.prompt_for(ctx, edit)
         if edit in ("replace", "add"):

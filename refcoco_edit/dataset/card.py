@@ -200,7 +200,7 @@ def render_card(features: Any, splits: dict[str, dict[str, Any]], stats: Stats, 
         "mask = (np.array(row[\"edit_mask\"]) > 127)     # masks are 0/255 L images\n"
         "label = ds[\"" + first_split + "\"].features[\"edit_type\"].int2str(row[\"edit_type\"])\n```",
         "The folder also holds a `save_to_disk` copy under `hf/` (`datasets.load_from_disk(\"DIR/hf\")`). "
-        "Inside this toolkit, `refcoco_edit.dataset_io.load_refcoco_edit` returns rows as `Sample`s.",
+        "Inside this toolkit, `refcoco_edit.dataset.io.load_refcoco_edit` returns rows as `Sample`s.",
         "## How it was built",
         info.how_built,
         "## Fields",

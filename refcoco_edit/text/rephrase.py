@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from refcoco_edit.llm import Enrichment, Rejection, check_rephrasing
-from refcoco_edit.prompts import Prompt, free_text_template, parse_template, render, templates_for
-from refcoco_edit.subjects import tokens
+from refcoco_edit.text.llm import Enrichment, Rejection, check_rephrasing
+from refcoco_edit.text.prompts import Prompt, free_text_template, parse_template, render, templates_for
+from refcoco_edit.text.subjects import tokens
 
 # Openings go before templates that start with their edit verb ("please remove ..."), never before
 # one that starts with the referring part ("please the cup should be red" would not be English).
