@@ -1,0 +1,84 @@
+"""Writing files so that a reader never sees half of one, and the one JSON encoding the toolkit writes.
+
+Every file another process may read while it is written (a resumed run, the app, a concurrent shard)
+is written to a temporary file beside it and renamed over it (`os.replace` is atomic on one file
+system). Temporary names are `.<name>.<unique>.tmp`, so a rerun can recognise and remove what a
+killed writer left. JSON goes through `json_default`, which turns numpy/torch scalars and arrays and
+paths into plain values and refuses anything else, so no object is written as its `repr`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=...)` for the values the toolkit records: paths, numpy and torch values."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalars and arrays, torch tensors
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """JSON text with `json_default`, non-ASCII kept as it is."""
+    return json.dumps(obj, ensure_ascii=False, default=json_default, **kw)
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary path beside `path` to write; on success it replaces `path`, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path | str, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp)` and move the result to `path` (nothing at `path` changes if `write` fails)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: Path | str, obj: Any, **kw: Any) -> Path:
+    return atomic_write_text(path, dumps(obj, **kw))
+
+
+@contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill; on success it becomes `path` (which must not exist),
+    on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; caches and outputs may be shared
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
