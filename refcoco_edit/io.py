@@ -34,19 +34,41 @@ def dumps(obj: Any, **kw: Any) -> str:
 
 
 @contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """A temporary path beside `path` to write; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: Path | str, *, tmp_dir: Path | None = None, durable: bool = False) -> Iterator[Path]:
+    """A temporary path to write; on success it replaces `path`, on error it is removed.
+
+    `tmp_dir` (same file system) holds the temporary file instead of `path`'s folder, for stores that
+    sweep one folder of leftovers; `durable` fsyncs the file before the rename and the folder after,
+    so the write survives a power cut, not only a killed process.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    where = path.parent if tmp_dir is None else Path(tmp_dir)
+    where.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        try:
+            _fsync(path.parent)
+        except OSError:  # some file systems cannot sync a folder; the file itself is synced
+            pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], Any]) -> Path:

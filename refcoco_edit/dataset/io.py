@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.io import json_default
 from refcoco_edit.schema import EDIT_TYPES, IMAGE_FIELDS, MASK_FIELDS, PIPELINES, Sample
 
 # Folder of the `save_to_disk` copy inside an exported dataset folder (beside data/ and README.md).
@@ -118,7 +119,7 @@ def sample_to_row(sample: Sample, *, png: dict[str, bytes] | None = None) -> dic
         elif name in MASK_FIELDS:
             row[name] = {"bytes": encode_mask_png(value), "path": None}
         elif name == "generation":
-            row[name] = json.dumps(value or {}, ensure_ascii=False, sort_keys=True, default=_json_default)
+            row[name] = json.dumps(value or {}, ensure_ascii=False, sort_keys=True, default=json_default)
         elif name in SPAN_FIELDS:
             row[name] = [[int(s), int(e)] for s, e in value]
         elif name in INT_FIELDS:
@@ -127,13 +128,6 @@ def sample_to_row(sample: Sample, *, png: dict[str, bytes] | None = None) -> dic
             row[name] = "" if value is None else str(value)
     return row
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def _label(name: str, value: Any, features: Any = None) -> str:

@@ -22,12 +22,15 @@ does, so the tiny model and the real one go through the same code.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from refcoco_edit.errors import ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,26 @@ ENCODER_ENTRY = ["paint_by_example", "PaintByExampleImageEncoder"]  # as in Fant
 # Files worth fetching from a Hub repo (configs, tokenizer/processor files, weights).
 HUB_ALLOW_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors", "*/*.bin"]
 _HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
+
+
+def paint_by_example_encoder_class():
+    """`PaintByExampleImageEncoder`, wherever this diffusers version keeps it."""
+    for module in (
+        "diffusers.pipelines.deprecated.paint_by_example.image_encoder",
+        "diffusers.pipelines.paint_by_example.image_encoder",
+        "diffusers.pipelines.deprecated.paint_by_example",
+        "diffusers.pipelines.paint_by_example",
+    ):
+        try:
+            return getattr(importlib.import_module(module), "PaintByExampleImageEncoder")
+        except (ImportError, AttributeError):
+            continue
+    import diffusers
+
+    cls = getattr(diffusers, "PaintByExampleImageEncoder", None)
+    if cls is None:
+        raise ModelNotAvailableError(f"diffusers {diffusers.__version__} has no PaintByExampleImageEncoder")
+    return cls
 
 
 def fix_model_index(folder: str | os.PathLike) -> None:
@@ -58,8 +81,6 @@ def load_image_encoder(folder: str | os.PathLike, dtype: Any = None):
     `CLIPPreTrainedModel` read it as a full `CLIPConfig`) keeps its sizes exactly as saved.
     """
     from transformers import CLIPVisionConfig
-
-    from refcoco_edit.models.tiny import paint_by_example_encoder_class
 
     sub = Path(folder) / ENCODER
     config = CLIPVisionConfig.from_pretrained(sub)

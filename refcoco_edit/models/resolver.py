@@ -35,14 +35,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from refcoco_edit.errors import DataError, InputError, ModelNotAvailableError
+from refcoco_edit.settings import CONFIG_ENV, cache_dir, config_path
 
 T = TypeVar("T")
 
 ENV_PREFIX = "REFCOCO_EDIT_MODEL_"
-CONFIG_ENV = "REFCOCO_EDIT_CONFIG"
-CACHE_ENV = "REFCOCO_EDIT_CACHE"
-DEFAULT_CONFIG = Path("~/.config/refcoco-edit/models.yaml")
-DEFAULT_CACHE = Path("~/.cache/refcoco-edit")
 MODEL_FLAG = "--model"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
@@ -146,17 +143,6 @@ def is_tiny(name: str) -> bool:
 def env_var(name: str) -> str:
     """`ip2p` -> `REFCOCO_EDIT_MODEL_IP2P`; `clip-vit-l14` -> `REFCOCO_EDIT_MODEL_CLIP_VIT_L14`."""
     return ENV_PREFIX + name.upper().replace("-", "_")
-
-
-def cache_dir() -> Path:
-    """`$REFCOCO_EDIT_CACHE` or `~/.cache/refcoco-edit`; tiny models live in `<cache>/models/`."""
-    value = os.environ.get(CACHE_ENV)
-    return (Path(value) if value else DEFAULT_CACHE).expanduser().absolute()
-
-
-def config_path() -> Path:
-    value = os.environ.get(CONFIG_ENV)
-    return (Path(value) if value else DEFAULT_CONFIG).expanduser().absolute()
 
 
 def _check_name(name: str, what: str) -> None:

@@ -6,7 +6,7 @@ seed, written once with `save_pretrained` into the cache and read back by the ca
 classes' `from_pretrained`, exactly like a downloaded model.
 
 Layout: `<root>/models/<name>-<TINY_VERSION>/`, where `root` defaults to
-`refcoco_edit.models.resolver.cache_dir()`. Building happens in a temporary folder next to the destination,
+`refcoco_edit.settings.cache_dir()`. Building happens in a temporary folder next to the destination,
 under a file lock, and ends with an atomic rename, so a folder that exists is complete and several
 processes may ask for the same model at once. Bump `TINY_VERSION` whenever a builder changes, so
 stale folders are never reused.
@@ -21,14 +21,15 @@ import gzip
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from refcoco_edit.errors import ModelNotAvailableError
+from refcoco_edit.io import atomic_dir
+from refcoco_edit.models.pbe_loading import fix_model_index, paint_by_example_encoder_class
+from refcoco_edit.settings import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -228,24 +229,6 @@ def _scheduler():
     )
 
 
-def paint_by_example_encoder_class():
-    """`PaintByExampleImageEncoder`, wherever this diffusers version keeps it."""
-    for module in (
-        "diffusers.pipelines.deprecated.paint_by_example.image_encoder",
-        "diffusers.pipelines.paint_by_example.image_encoder",
-        "diffusers.pipelines.deprecated.paint_by_example",
-        "diffusers.pipelines.paint_by_example",
-    ):
-        try:
-            return getattr(importlib.import_module(module), "PaintByExampleImageEncoder")
-        except (ImportError, AttributeError):
-            continue
-    import diffusers
-
-    cls = getattr(diffusers, "PaintByExampleImageEncoder", None)
-    if cls is None:
-        raise ModelNotAvailableError(f"diffusers {diffusers.__version__} has no PaintByExampleImageEncoder")
-    return cls
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +310,6 @@ def _save_pipeline(name: str) -> Callable[[Path], None]:
     def build(out: Path) -> None:
         make_tiny_pipeline(name).save_pretrained(out)
         if name == "tiny-paint-by-example":
-            from refcoco_edit.models.pbe_loading import fix_model_index
-
             fix_model_index(out)
 
     return build
@@ -397,8 +378,6 @@ def tiny_folder(name: str, root: Path | None = None) -> Path:
     if name not in BUILDERS:
         raise KeyError(name)
     if root is None:
-        from refcoco_edit.models.resolver import cache_dir
-
         root = cache_dir()
     return Path(root) / "models" / f"{name}-{TINY_VERSION}"
 
@@ -418,17 +397,13 @@ def materialize(name: str, root: Path | None = None) -> Path:
     with FileLock(str(dest.parent / f".{dest.name}.lock")):
         if dest.is_dir():  # another process built it while we waited
             return dest
-        for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # left by a killed build; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
-            logger.info("building tiny model %s in %s", name, dest)
+        # Left by a killed build (we hold the lock); earlier versions named them `.<name>.tmp-*`.
+        for pattern in (f".{dest.name}.*.tmp", f".{dest.name}.tmp-*"):
+            for stale in dest.parent.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
+        logger.info("building tiny model %s in %s", name, dest)
+        with atomic_dir(dest) as tmp:
             _build_quietly(BUILDERS[name], tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return dest
 
 

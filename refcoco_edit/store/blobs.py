@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +100,8 @@ class BlobStore:
         self._write(digest, data)
 
     def _write(self, digest: str, data: bytes) -> None:
-        final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / f"{digest[:16]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if self.durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if self.durable:
-            _fsync_dir(final.parent)
+        with atomic_path(self.path(digest), tmp_dir=self.tmp, durable=self.durable) as tmp:
+            tmp.write_bytes(data)
 
     def read_bytes(self, digest: str) -> bytes:
         p = self.path(digest)
@@ -172,15 +157,3 @@ class BlobStore:
             log.info("removed %d stray temporary blob file(s) from %s", removed, self.tmp)
         return removed
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from refcoco_edit.errors import InputError
 from refcoco_edit.schema import EDIT_TYPES, IMAGE_FIELDS, MASK_FIELDS, PIPELINES, STATUSES, Sample, validate
 from refcoco_edit.store import rle
 from refcoco_edit.store.blobs import BlobStore
+from refcoco_edit.store.encoding import dumps, now_iso
 from refcoco_edit.store.errors import ConflictError, DuplicateKeyError, NotFoundError, StoreError
 from refcoco_edit.store.migrations import migrate, read_version
 from refcoco_edit.store.passwords import hash_password, verify_password
@@ -56,27 +56,6 @@ FILTERS = ("status", "split", "edit_type", "pipeline", "annotator")
 PAGE = 256
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def dumps(obj: Any) -> str:
-    try:
-        return json.dumps(obj, default=_json_default, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"value cannot be stored as JSON: {exc}") from None
 
 
 def key_sample_id(key: str) -> str:

@@ -22,14 +22,14 @@ import gzip
 import io
 import json
 import logging
-import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from refcoco_edit.store.db import dumps, now_iso
+from refcoco_edit.io import atomic_path
+from refcoco_edit.store.encoding import dumps, now_iso
 from refcoco_edit.store.errors import DumpError
 from refcoco_edit.store.migrations import LATEST, read_version
 
@@ -76,44 +76,37 @@ def _open_read(path: Path) -> IO[str]:
 def dump_store(store: "Store", path: Path) -> dict:
     """Write `store` to `path`; the counts of each record type written."""
     conn = store._conn
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     counts: Counter[str] = Counter()
-    try:
-        with _open_write(tmp, compress=path.name.endswith(".gz")) as out:
-            def emit(record: dict) -> None:
-                out.write(dumps(record))
-                out.write("\n")
+    with atomic_path(path) as tmp, _open_write(tmp, compress=path.name.endswith(".gz")) as out:
+        def emit(record: dict) -> None:
+            out.write(dumps(record))
+            out.write("\n")
 
-            conn.execute("BEGIN")  # one snapshot for the whole dump (WAL: writers carry on)
-            try:
-                emit({"type": "header", "format": FORMAT, "format_version": FORMAT_VERSION,
-                      "schema_version": read_version(conn), "created_at": now_iso(), "store": str(store.path)})
-                # Every image file, not only those rows refer to now: the audit log names earlier
-                # versions' images too, and a back-up should let their history be looked at.
-                for digest in store.blobs.all_hashes():
-                    emit({"type": "blob", "hash": digest,
-                          "png": base64.b64encode(store.blobs.read_bytes(digest)).decode("ascii")})
-                    counts["blob"] += 1
-                missing = [d for (d,) in conn.execute(BLOB_QUERY) if not store.blobs.exists(d)]
-                if missing:
-                    log.warning("%d image(s) that rows refer to are missing from %s; the dump lacks them too",
-                                len(missing), store.blobs.root)
-                for table, (kind, _pk, json_cols, order) in TABLES.items():
-                    for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
-                        rec = {"type": kind}
-                        for name in row.keys():
-                            value = row[name]
-                            rec[name] = json.loads(value) if (name in json_cols and value is not None) else value
-                        emit(rec)
-                        counts[kind] += 1
-                emit({"type": "end", "counts": dict(counts)})
-            finally:
-                conn.execute("COMMIT")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        conn.execute("BEGIN")  # one snapshot for the whole dump (WAL: writers carry on)
+        try:
+            emit({"type": "header", "format": FORMAT, "format_version": FORMAT_VERSION,
+                  "schema_version": read_version(conn), "created_at": now_iso(), "store": str(store.path)})
+            # Every image file, not only those rows refer to now: the audit log names earlier
+            # versions' images too, and a back-up should let their history be looked at.
+            for digest in store.blobs.all_hashes():
+                emit({"type": "blob", "hash": digest,
+                      "png": base64.b64encode(store.blobs.read_bytes(digest)).decode("ascii")})
+                counts["blob"] += 1
+            missing = [d for (d,) in conn.execute(BLOB_QUERY) if not store.blobs.exists(d)]
+            if missing:
+                log.warning("%d image(s) that rows refer to are missing from %s; the dump lacks them too",
+                            len(missing), store.blobs.root)
+            for table, (kind, _pk, json_cols, order) in TABLES.items():
+                for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+                    rec = {"type": kind}
+                    for name in row.keys():
+                        value = row[name]
+                        rec[name] = json.loads(value) if (name in json_cols and value is not None) else value
+                    emit(rec)
+                    counts[kind] += 1
+            emit({"type": "end", "counts": dict(counts)})
+        finally:
+            conn.execute("COMMIT")
     return dict(counts)
 
 

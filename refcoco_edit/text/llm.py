@@ -27,40 +27,38 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from refcoco_edit.errors import InputError, RefcocoEditError
+from refcoco_edit.io import atomic_write_json
+from refcoco_edit.settings import cache_dir
+from refcoco_edit.text.enrichment import (
+    Enrichment,
+    Rejection,
+    Rephraser,
+    check_rephrasing,
+    locate_parts,
+)
 from refcoco_edit.text.prompts import Prompt
-from refcoco_edit.text.subjects import key_words, missing_words, tokens
+from refcoco_edit.text.rephrase import RuleRephraser
+from refcoco_edit.text.subjects import key_words, tokens
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gpt-4o-mini"
 CACHE_VERSION = 2  # bump when the request, the key or the answer format changes
-MAX_PROMPT_CHARS = 400
 _PLACEHOLDER_KEY = "not-needed"  # local OpenAI-compatible servers accept any key; the client needs one
-REMOVAL_WORDS = frozenset(
-    "remove removed delete erase eliminate rid take clear wipe vanish disappear gone without cut drop".split()
-)
-_TARGET_STOP = frozenset("a an the some it its of to and with in on for make please ref".split())
-
-
 class LLMError(RefcocoEditError):
     """The LLM endpoint could not give a usable answer (after the bounded retries)."""
 
 
 def default_cache_dir() -> Path:
-    """`<refcoco-edit cache>/llm` (the models resolver's cache folder), else ~/.cache/refcoco-edit/llm."""
-    try:
-        from refcoco_edit.models.resolver import cache_dir
-    except ImportError:  # pragma: no cover - the resolver ships with the package
-        return Path("~/.cache/refcoco-edit/llm").expanduser()
+    """`<refcoco-edit cache>/llm`."""
     return cache_dir() / "llm"
 
 
@@ -135,15 +133,7 @@ class AnswerCache:
     def put(self, key: str, content: str, material: dict[str, Any]) -> None:
         path = self.path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"request": material, "content": content, "created": time.time()}, f, ensure_ascii=False)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_json(path, {"request": material, "content": content, "created": time.time()})
         except OSError as exc:
             log.warning("could not write LLM cache entry %s: %s", path, exc)
 
@@ -293,145 +283,6 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# ------------------------------------------------------------------------------ verification
-
-
-@dataclass
-class Rejection:
-    text: str
-    reason: str
-
-
-@dataclass
-class Enrichment:
-    """Rephrasings of one prompt that passed the checks, the rejected ones with reasons, and any error."""
-
-    original: Prompt
-    rephrasings: list[Prompt] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    error: str | None = None
-    cached: bool = False
-
-    @property
-    def prompts(self) -> list[Prompt]:
-        """The usable prompts: the rephrasings, or the original when none survived."""
-        return self.rephrasings or [self.original]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "original": self.original.to_dict(),
-            "rephrasings": [p.to_dict() for p in self.rephrasings],
-            "rejected": [asdict(r) for r in self.rejected],
-            "error": self.error,
-            "cached": self.cached,
-        }
-
-
-def _trim(prompt: str, start: int, end: int) -> list[int] | None:
-    while start < end and (prompt[start].isspace() or prompt[start] in ",;:.!?()"):
-        start += 1
-    while end > start and (prompt[end - 1].isspace() or prompt[end - 1] in ",;:.!?()"):
-        end -= 1
-    return [start, end] if end > start else None
-
-
-def _find(haystack: str, needle: str, start: int = 0, avoid: Sequence[Sequence[int]] = ()) -> int:
-    """First index >= start of `needle` (exact, else case-insensitive) not overlapping `avoid`; -1 if none."""
-    for hay, ndl in ((haystack, needle), (haystack.lower(), needle.lower())):
-        i = hay.find(ndl, start)
-        while i >= 0:
-            if all(i + len(ndl) <= s or i >= e for s, e in avoid):
-                return i
-            i = hay.find(ndl, i + 1)
-    return -1
-
-
-def locate_parts(text: str, referring: str | None, edit: Sequence[str] | None, original: Prompt,
-                 source: str) -> Prompt:
-    """Build a Prompt from a rephrasing by finding its parts in it; ValueError says what is missing."""
-    prompt = " ".join(text.split())
-    if not prompt:
-        raise ValueError("empty rephrasing")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"longer than {MAX_PROMPT_CHARS} characters")
-    candidates = [" ".join(referring.split())] if referring and referring.strip() else []
-    candidates.append(original.referring_text)
-    ref_span = None
-    for cand in candidates:
-        i = _find(prompt, cand)
-        if i >= 0:
-            ref_span = _trim(prompt, i, i + len(cand))
-            if ref_span:
-                break
-    if ref_span is None:
-        raise ValueError("referring part not found in the rephrasing")
-    edit_spans: list[list[int]] = []
-    if edit:
-        for piece in edit:
-            piece = " ".join(str(piece).split())
-            if not piece:
-                continue
-            i = _find(prompt, piece, 0, [ref_span, *edit_spans])
-            if i < 0:
-                raise ValueError(f"edit piece {piece!r} not found in the rephrasing outside the referring part")
-            sp = _trim(prompt, i, i + len(piece))
-            if sp:
-                edit_spans.append(sp)
-        edit_spans.sort()
-    else:
-        for s, e in ((0, ref_span[0]), (ref_span[1], len(prompt))):
-            sp = _trim(prompt, s, e)
-            if sp:
-                edit_spans.append(sp)
-    if not edit_spans:
-        raise ValueError("no edit part in the rephrasing")
-    try:
-        return Prompt.from_spans(prompt, [ref_span], edit_spans, original.edit_type, original.target,
-                                 source=source, reviewed=False)
-    except InputError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def target_words(prompt: Prompt) -> list[str]:
-    """Content words of the edit's target that a rephrasing must keep."""
-    text = prompt.target.replace("{ref}", " ")
-    return [w for w in tokens(text) if w not in _TARGET_STOP]
-
-
-def check_rephrasing(new: Prompt, original: Prompt, seen: Iterable[str] = (), category: str | None = None,
-                     extra_nouns: Iterable[str] = ()) -> str | None:
-    """Why `new` is not a faithful rephrasing of `original`, or None when it is."""
-    problems = new.problems()
-    if problems:
-        return "; ".join(problems)
-    norm = " ".join(tokens(new.prompt))
-    if norm == " ".join(tokens(original.prompt)):
-        return "same as the original"
-    if norm in seen:
-        return "duplicate of another rephrasing"
-    keys = key_words(original.referring_text, category, extra_nouns)
-    lost = missing_words(keys, new.referring_text)
-    if lost:
-        return f"referring part lost {', '.join(repr(w) for w in lost)}"
-    if original.edit_type == "remove":
-        if not REMOVAL_WORDS & {w for w in tokens(new.edit_text)}:
-            return "edit part no longer says to remove"
-    else:
-        want = target_words(original)
-        lost = missing_words(want, new.edit_text)
-        if original.edit_type == "other":
-            if want and len(lost) * 2 > len(want):
-                return f"edit part lost most of the edit text ({', '.join(lost)})"
-        elif lost:
-            return f"edit part lost the target word(s) {', '.join(repr(w) for w in lost)}"
-    return None
-
-
-class Rephraser(Protocol):
-    def rephrase(self, prompt: Prompt, n: int, *, category: str | None = None,
-                 extra_nouns: Iterable[str] = ()) -> Enrichment: ...
-
-
 SYSTEM_PROMPT = (
     "You rephrase instructions for editing one object in a photo. An instruction has a referring part "
     "(the words that pick out the object) and an edit part (what to do to it). Write the requested number "
@@ -547,8 +398,6 @@ def make_rephraser(settings: LLMSettings | None, seed: int = 0, *, sleep: Callab
                    ) -> Rephraser:
     """The LLM rephraser when settings are given, else the offline rule-based one."""
     if settings is None:
-        from refcoco_edit.text.rephrase import RuleRephraser
-
         return RuleRephraser(seed)
     return LLMRephraser(settings, sleep=sleep)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from refcoco_edit.text.llm import Enrichment, Rejection, check_rephrasing
+from refcoco_edit.text.enrichment import Enrichment, Rejection, check_rephrasing
 from refcoco_edit.text.prompts import Prompt, free_text_template, parse_template, render, templates_for
 from refcoco_edit.text.subjects import tokens
 

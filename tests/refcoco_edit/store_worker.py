@@ -90,7 +90,7 @@ def crash_loop(db: str, start: int) -> None:
 def die_during(db: str, where: str) -> None:
     """Commit two samples, then die on the third: inside its transaction ('tx') or while its image
     file is being renamed into place ('blob')."""
-    from refcoco_edit.store import blobs as blobs_mod
+    from refcoco_edit import io as io_mod  # blob files are renamed into place by refcoco_edit.io
     from refcoco_edit.store import db as db_mod
 
     store = Store.open(db, durable=False)
@@ -105,7 +105,7 @@ def die_during(db: str, where: str) -> None:
 
         db_mod.Store._audit = audit_then_die
     else:
-        blobs_mod.os.replace = lambda *a, **k: _kill_self()
+        io_mod.os.replace = lambda *a, **k: _kill_self()
     store.add_sample(make_sample(2), user="die", key="die:2")
     print("not reached", flush=True)
 
