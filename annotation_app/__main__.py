@@ -2,7 +2,7 @@
 
 import sys
 
-from refcoco_edit.cli import build_parser, run_cli
+from refcoco_edit.commands.parser import make_parser, run_cli
 
 PROG = "python -m annotation_app"
 
@@ -22,7 +22,7 @@ class _NamedAfterModule:
 def main(argv=None) -> int:
     from refcoco_edit.commands import app
 
-    parser = build_parser({}, prog=PROG)
+    parser = make_parser({}, PROG, "Serve the annotation app, or manage its users and user study.")
     sub = parser.add_subparsers(dest="command")
     app.register(_NamedAfterModule(sub)).set_defaults(_run=app.run)
     return run_cli(parser, ["app", *(sys.argv[1:] if argv is None else argv)])

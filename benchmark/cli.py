@@ -1,6 +1,6 @@
 """`rie-bench`: score referring-image-editing methods on RefCOCO-Edit.
 
-Subcommands follow refcoco_edit.cli's contract (one module each, light imports at top level).
+Subcommands follow refcoco_edit.commands.parser's contract (one module each, light imports at top level).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from refcoco_edit.cli import build_parser, run_cli
+from refcoco_edit.commands.parser import make_parser, run_cli
 
 COMMANDS: dict[str, str] = {
     "run": "benchmark.commands.run",
@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(COMMANDS, prog="rie-bench",
+    parser = make_parser(COMMANDS, prog="rie-bench",
                           description="Run and score referring-image-editing methods; build the leaderboard.")
     return run_cli(parser, argv)
 

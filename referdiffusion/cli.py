@@ -1,6 +1,6 @@
 """`referdiffusion`: initialise, train and run the ReferDiffusion model.
 
-Subcommands follow refcoco_edit.cli's contract (one module each, light imports at top level).
+Subcommands follow refcoco_edit.commands.parser's contract (one module each, light imports at top level).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from refcoco_edit.cli import build_parser, run_cli
+from refcoco_edit.commands.parser import make_parser, run_cli
 
 COMMANDS: dict[str, str] = {
     "init": "referdiffusion.commands.init",
@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(COMMANDS, prog="referdiffusion",
+    parser = make_parser(COMMANDS, prog="referdiffusion",
                           description="ReferDiffusion: InstructPix2Pix + Region-Embedder Module for referring image editing.")
     return run_cli(parser, argv)
 

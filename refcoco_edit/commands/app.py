@@ -14,11 +14,7 @@ the machine could read them. The server listens on loopback unless `--host` says
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-MIN_PASSWORD = 8
-
 
 def _store_arg(p: argparse.ArgumentParser, top: bool = False) -> None:
     # Sub-subcommands repeat --store with a suppressed default, so that `app --store X users list` and
@@ -100,31 +96,8 @@ def _need_store(args: argparse.Namespace) -> Path:
     return Path(args.store)
 
 
-def read_password(password_file: Path | None, *, stdin=None, prompt: bool | None = None) -> str:
-    """The new password: from a file, a terminal prompt (twice) or stdin's first line."""
-    from refcoco_edit.errors import InputError
-
-    stdin = stdin or sys.stdin
-    if password_file is not None:
-        try:
-            text = password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot read {password_file}: {exc.strerror or exc}") from None
-        password = text.splitlines()[0] if text else ""
-    elif prompt if prompt is not None else stdin.isatty():
-        import getpass
-
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise InputError("the two passwords differ")
-    else:
-        password = stdin.readline().rstrip("\r\n")
-    if len(password) < MIN_PASSWORD:
-        raise InputError(f"the password must have at least {MIN_PASSWORD} characters")
-    return password
-
-
 def _users(args: argparse.Namespace) -> int:
+    from annotation_app.users import import_users, read_password
     from refcoco_edit.store import Store
 
     with Store.open(_need_store(args)) as store:
@@ -141,36 +114,6 @@ def _users(args: argparse.Namespace) -> int:
             for name, role in import_users(store, args.file):
                 print(f"added {name} ({role})")
     return 0
-
-
-def import_users(store, path: Path) -> list[tuple[str, str]]:
-    """Add the accounts a YAML or JSON file lists (`[{name, role, password_file}]`, password files
-    relative to the file); names already in the store are left as they are."""
-    import yaml
-
-    from refcoco_edit.errors import DataError
-
-    try:
-        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot read users file {path}: {exc}") from None
-    if isinstance(entries, dict) and "users" in entries:
-        entries = entries["users"]
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise DataError(f"{path}: expected a list of {{name, role, password_file}}")
-    added = []
-    for e in entries:
-        try:
-            name, role = str(e["name"]), str(e["role"])
-        except KeyError as exc:
-            raise DataError(f"{path}: an entry has no {exc}") from None
-        if store.get_user(name) is not None:
-            continue
-        pw_file = e.get("password_file")
-        password = read_password(path.parent / pw_file) if pw_file else None
-        store.add_user(name, role, password, user="cli")
-        added.append((name, role))
-    return added
 
 
 def _study(args: argparse.Namespace) -> int:
