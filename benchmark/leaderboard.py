@@ -61,14 +61,14 @@ class RunEntry:
     def rows(self) -> list[dict[str, Any]]:
         """samples.jsonl rows (empty when the file is missing)."""
         if self._rows is None:
-            from benchmark.runner import SAMPLES, read_jsonl
+            from benchmark.run.folder import SAMPLES, read_jsonl
 
             self._rows = read_jsonl(self.folder / SAMPLES)
         return self._rows
 
     def output_path(self, row: dict[str, Any]) -> Path | None:
         """The output file of a samples.jsonl row (also when the run folder was moved)."""
-        from benchmark.runner import OUTPUTS, output_name
+        from benchmark.run.folder import OUTPUTS, output_name
 
         recorded = Path(str(row.get("output", "")))
         for path in (recorded, self.folder / OUTPUTS / recorded.name,
@@ -79,7 +79,7 @@ class RunEntry:
 
 
 def load_runs(paths: Sequence[Path | str]) -> list[RunEntry]:
-    from benchmark.runner import iter_results
+    from benchmark.run.folder import iter_results
 
     if not paths:
         raise InputError("no run folder given")
@@ -301,7 +301,7 @@ def _source_images(runs: Sequence[RunEntry], ids: Sequence[str], dataset: str | 
     if not source:
         return {}
     try:
-        from benchmark.runner import open_selection
+        from benchmark.run.dataset import open_selection
 
         selection = open_selection(str(source))
     except Exception as exc:  # noqa: BLE001 - the grid is shown without sources, with a note

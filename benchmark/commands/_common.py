@@ -29,7 +29,7 @@ def add_metric_args(p: argparse.ArgumentParser) -> None:
 
 
 def score_config(args: argparse.Namespace):
-    from benchmark.runner import ScoreConfig
+    from benchmark.run.scoring import ScoreConfig
     from refcoco_edit.models.resolver import parse_model_overrides
 
     return ScoreConfig(metrics=args.metrics, clip_model=args.clip_model, aesthetic_model=args.aesthetic_model,

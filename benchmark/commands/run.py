@@ -60,7 +60,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 def run(args: argparse.Namespace) -> int:
     from benchmark.commands._common import print_results, score_config
     from benchmark.methods.base import parse_option_items
-    from benchmark.runner import RunConfig, run_benchmark
+    from benchmark.run.runner import RunConfig, run_benchmark
 
     base = score_config(args)
     config = RunConfig(**vars(base), method=args.method, dataset=args.dataset, out=args.out, split=args.split,

@@ -28,7 +28,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.commands._common import print_results, score_config
-    from benchmark.runner import score_predictions
+    from benchmark.run.runner import score_predictions
 
     summary = score_predictions(args.pred, args.dataset, out=args.out, split=args.split, limit=args.limit,
                                 label=args.label, config=score_config(args))

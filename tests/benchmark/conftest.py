@@ -15,7 +15,7 @@ DATASET_REFS = 2
 
 @pytest.fixture(scope="session")
 def bench_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from benchmark.runner import ensure_sample_dataset
+    from benchmark.run.dataset import ensure_sample_dataset
 
     return ensure_sample_dataset(tmp_path_factory.mktemp("bench") / "refshapes-edit", limit=DATASET_REFS)
 

@@ -192,7 +192,7 @@ def test_instructdiffusion_uses_its_own_defaults():
 
 def test_refshapes_segmenter_finds_exactly_the_referred_object(bench_dataset):
     from benchmark.methods.segmenters import create_segmenter
-    from benchmark.runner import open_selection
+    from benchmark.run.dataset import open_selection
 
     selection = open_selection(str(bench_dataset))
     seg = create_segmenter("refshapes")
@@ -206,7 +206,7 @@ def test_refshapes_segmenter_finds_exactly_the_referred_object(bench_dataset):
 
 
 def test_seg_inpaint_returns_the_source_when_the_segmenter_finds_nothing(bench_dataset):
-    from benchmark.runner import open_selection
+    from benchmark.run.dataset import open_selection
 
     sample = open_selection(str(bench_dataset)).sample(0)
     method = create_method("seg_inpaint", segmenter="tests.benchmark.stub_methods:EmptySegmenter",
@@ -261,7 +261,7 @@ def _rows(summary) -> list[dict]:
 def test_every_method_runs_on_refshapes_with_tiny_models(method_runs, bench_dataset):
     from PIL import Image
 
-    from benchmark.runner import open_selection
+    from benchmark.run.dataset import open_selection
 
     selection = open_selection(str(bench_dataset), limit=3)
     sizes = selection.source_sizes()
@@ -288,7 +288,7 @@ def test_identity_changes_nothing_and_reference_localises_best(method_runs):
 
 
 def test_instruction_methods_get_the_suffix_and_referring_ones_the_prompt(method_runs, bench_dataset):
-    from benchmark.runner import open_selection
+    from benchmark.run.dataset import open_selection
 
     selection = open_selection(str(bench_dataset), limit=3)
     edit_text = {selection.ids[i]: selection.sample(i).edit_text for i in range(len(selection))}
@@ -309,7 +309,7 @@ def test_instruction_methods_get_the_suffix_and_referring_ones_the_prompt(method
 def test_blended_edits_inside_the_ground_truth_mask_with_p_e(method_runs, bench_dataset):
     from PIL import Image
 
-    from benchmark.runner import open_selection
+    from benchmark.run.dataset import open_selection
 
     selection = open_selection(str(bench_dataset), limit=3)
     by_id = {selection.ids[i]: selection.sample(i) for i in range(len(selection))}

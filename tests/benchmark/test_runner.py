@@ -15,14 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.runner import (
-    RunConfig,
-    ensure_sample_dataset,
-    open_selection,
-    output_name,
-    run_benchmark,
-    sample_seed,
-)
+from benchmark.run.dataset import ensure_sample_dataset, open_selection
+from benchmark.run.folder import output_name
+from benchmark.run.generation import sample_seed
+from benchmark.run.runner import RunConfig, run_benchmark
 from refcoco_edit.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
