@@ -7,37 +7,35 @@
 | inpaint | removal: blended latents with a background prompt, or a 9-channel SD inpainting model | sd15 |
 | classical_inpaint | removal with OpenCV (Telea / Navier-Stokes); no weights | opencv |
 
-Each pipeline's `generate(image, mask, ...)` returns a list of `base.Candidate`. This module imports
-only the standard library, so the CLI can list the names without loading torch.
+Each pipeline's `generate(image, mask, ...)` returns a list of `base.Candidate`; what each can do
+and needs is declared on its class (`capabilities.EditPipeline`). This module imports only the
+standard library, so the CLI can list the names without loading torch; the pipeline modules import
+numpy at most, so reading a class's declaration does not load torch either.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from refcoco_edit.errors import InputError
+from refcoco_edit.pipelines.capabilities import EditPipeline, check_pipeline_class
+from refcoco_edit.registry import Registry
 
-# name -> "module:class"
-PIPELINES: dict[str, str] = {
+PIPELINES: Registry[type[EditPipeline]] = Registry("pipeline", {
     "composition": "refcoco_edit.pipelines.composition:CompositionPipeline",
     "region_edit": "refcoco_edit.pipelines.region_edit:RegionEditPipeline",
     "inpaint": "refcoco_edit.pipelines.inpaint:InpaintPipeline",
     "classical_inpaint": "refcoco_edit.pipelines.classical_inpaint:ClassicalInpaintPipeline",
-}
+}, check=check_pipeline_class)
 
 
 def pipeline_names() -> list[str]:
-    return list(PIPELINES)
+    return PIPELINES.names()
 
 
-def pipeline_class(name: str) -> type:
-    """The class registered as `name` (imports its module)."""
-    if name not in PIPELINES:
-        raise InputError(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}")
-    module, _, cls = PIPELINES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+def pipeline_class(name: str) -> type[EditPipeline]:
+    """The class registered as `name` (imports its module; its capabilities are class attributes)."""
+    return PIPELINES.load(name)
 
 
 def get_pipeline(
@@ -47,7 +45,7 @@ def get_pipeline(
     device: Any = None,
     dtype: Any = None,
     **kwargs: Any,
-):
+) -> EditPipeline:
     """A loaded pipeline. `model`: a resolver name (each pipeline has a default); `overrides`: resolver
     overrides (name -> path or Hub id); `device`: None picks CUDA when present; `dtype`: None picks
     float16 on CUDA and float32 on the CPU. Other keywords (`progress=False`) go to the class."""

@@ -33,7 +33,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -64,15 +64,6 @@ class Candidate:
 
     def __post_init__(self) -> None:
         self.edit_mask = np.asarray(self.edit_mask, dtype=np.uint8)
-
-
-class EditPipeline(Protocol):
-    """What `get_pipeline` returns."""
-
-    name: str
-    model: str
-
-    def generate(self, image: Any, mask: Any, **options: Any) -> list[Candidate]: ...
 
 
 @dataclass
@@ -236,6 +227,12 @@ def check_steps(steps: int) -> int:
     if int(steps) < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
     return int(steps)
+
+
+def check_feather(feather: int) -> int:
+    if feather < 0:
+        raise InputError(f"feather must be >= 0, got {feather}")
+    return feather
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 
 from refcoco_edit.errors import InputError
 from refcoco_edit.pipelines.base import Candidate, dilate, edit_mask, prepare_inputs, seeds_for
+from refcoco_edit.pipelines.capabilities import EditPipeline, EditRequest, given
 
 NAME = "classical_inpaint"
 MODEL = "opencv"
@@ -42,11 +43,14 @@ def variants(method: str, radius: int, num: int) -> list[tuple[str, int]]:
     return [((method, other)[i % 2], radius * (1 + i // 2)) for i in range(num)]
 
 
-class ClassicalInpaintPipeline:
+class ClassicalInpaintPipeline(EditPipeline):
     """OpenCV removal (see the module docstring)."""
 
     name = NAME
+    label = "removal (OpenCV, no model)"
+    edit_types = ("remove",)
     default_model = MODEL
+    needs_weights = False
 
     def __init__(
         self,
@@ -60,6 +64,12 @@ class ClassicalInpaintPipeline:
         if model not in (None, MODEL):
             raise InputError(f"classical_inpaint uses no model (got --model {model}); leave it out")
         self.model = MODEL
+
+    @classmethod
+    def generate_kwargs(cls, request: EditRequest) -> dict[str, Any]:
+        """The count and seed, and the OpenCV settings given; the text and sampling options do not apply."""
+        return {"num": request.num, "seed": request.seed,
+                **given(method=request.method, radius=request.radius, dilate_px=request.dilate_px)}
 
     def generate(
         self,
@@ -96,5 +106,3 @@ class ClassicalInpaintPipeline:
             out.append(Candidate(image=img, seed=s, params=params, model=self.model,
                                  edit_mask=edit_mask(prep.image, img, hole, margin=0)))
         return out
-
-    __call__ = generate

@@ -27,19 +27,15 @@ from refcoco_edit.pipelines.base import (
     Candidate,
     as_mask,
     as_rgb,
+    check_feather,
     check_steps,
     cpu_generators,
-    dtype_name,
-    finish_candidates,
     float_images_to_pil,
-    place,
     prepare_inputs,
-    quiet_progress,
     resize_mask_nearest,
-    resolve_device,
-    resolve_dtype,
     seeds_for,
 )
+from refcoco_edit.pipelines.diffusion import DiffusionEditPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -84,48 +80,28 @@ def crop_object(image: Any, mask: Any, *, pad: float = CROP_PAD, fill: int | Non
     return canvas
 
 
-def load_pbe(name: str, overrides: Mapping[str, str] | None, device: Any, dtype: Any):
-    from diffusers import DDIMScheduler
-
-    from refcoco_edit.models.resolver import load_pretrained
-    from refcoco_edit.models.pbe_loading import load_paint_by_example
-
-    def loader(src: str):
-        return load_paint_by_example(src, safety_checker=None)
-
-    pipe = load_pretrained(name, loader, overrides)
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return place(pipe, device, dtype)
-
-
-class CompositionPipeline:
+class CompositionPipeline(DiffusionEditPipeline):
     """Paint-by-Example composition (see the module docstring)."""
 
     name = NAME
+    label = "composition (Paint-by-Example)"
+    edit_types = ("replace",)
     default_model = DEFAULT_MODEL
+    needs_example = True
 
-    def __init__(
-        self,
-        model: str | None = None,
-        overrides: Mapping[str, str] | None = None,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        progress: bool = True,
-        pipe: Any = None,
-    ) -> None:
-        self.model = model or self.default_model
-        self.overrides = dict(overrides or {})
-        if pipe is not None:  # a given pipeline: work where it is unless told otherwise
-            device = device if device is not None else pipe.unet.device
-            dtype = dtype if dtype is not None else pipe.unet.dtype
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, dtype)
-        self.pipe = place(pipe, self.device, self.dtype) if pipe is not None else load_pbe(
-            self.model, self.overrides, self.device, self.dtype
-        )
-        quiet_progress(self.pipe, progress)
+    def load(self, name: str, overrides: Mapping[str, str]) -> Any:
+        from diffusers import DDIMScheduler
+
+        from refcoco_edit.models.pbe_loading import load_paint_by_example
+        from refcoco_edit.models.resolver import load_pretrained
+
+        def loader(src: str):
+            return load_paint_by_example(src, safety_checker=None)
+
+        pipe = load_pretrained(name, loader, overrides)
+        if not isinstance(pipe.scheduler, DDIMScheduler):
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        return pipe
 
     def generate(
         self,
@@ -148,13 +124,11 @@ class CompositionPipeline:
 
         if example is None:
             raise InputError("composition needs an example image of the substitute object")
-        if feather < 0:
-            raise InputError(f"feather must be >= 0, got {feather}")
+        check_feather(feather)
         example = as_rgb(example)
         steps = check_steps(steps)
         prep = prepare_inputs(image, mask, size=size)
         seeds = seeds_for(seed, num)
-        w, h = prep.work_size
         mask_image = Image.fromarray(prep.work_mask * np.uint8(255))
         k = len(seeds)
         out = self.pipe(
@@ -166,26 +140,9 @@ class CompositionPipeline:
             generator=cpu_generators(seeds),
             output_type="np",
         )
-        images = float_images_to_pil(out.images)
-        base = {
-            "pipeline": self.name,
-            "method": "paint_by_example",
-            "model": self.model,
-            "example": example_source,
-            "example_size": list(example.size),
-            "steps": steps,
-            "guidance_scale": float(guidance_scale),
-            "scheduler": type(self.pipe.scheduler).__name__,
-            "size": size,
-            "work_size": [w, h],
-            "source_size": list(prep.size),
-            "restore": bool(restore),
-            "feather": int(feather),
-            "seeds": seeds,
-            "device": str(self.device),
-            "dtype": dtype_name(self.dtype),
-        }
-        cands = finish_candidates(prep, images, seeds, base, self.model, restore=restore, feather=feather)
-        return cands
-
-    __call__ = generate
+        record = self.record(
+            prep, seeds, method="paint_by_example",
+            sent={"example": example_source, "example_size": list(example.size)},
+            steps=steps, guidance_scale=guidance_scale, size=size, restore=restore, feather=feather,
+        )
+        return self.finish(prep, float_images_to_pil(out.images), seeds, record, restore=restore, feather=feather)

@@ -27,18 +27,16 @@ from refcoco_edit.errors import InputError
 from refcoco_edit.pipelines.base import (
     DEFAULT_FEATHER,
     Candidate,
+    check_feather,
     check_steps,
     cpu_generators,
-    dtype_name,
-    finish_candidates,
     float_images_to_pil,
     place,
     prepare_inputs,
-    quiet_progress,
-    resolve_device,
-    resolve_dtype,
     seeds_for,
 )
+from refcoco_edit.pipelines.capabilities import EditRequest
+from refcoco_edit.pipelines.diffusion import DiffusionEditPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -50,57 +48,56 @@ BACKGROUND_PROMPT = "background"
 SD_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 
 
-def load_components(name: str, overrides: Mapping[str, str] | None, device: Any, dtype: Any) -> dict[str, Any]:
-    """vae, text_encoder, tokenizer, unet and a DDIM scheduler of a Stable Diffusion folder/Hub id of
-    any kind (text-to-image or inpainting), on `device` in `dtype`."""
-    from diffusers import DDIMScheduler, DiffusionPipeline
-
-    from refcoco_edit.models.resolver import load_pretrained
-
-    def loader(src: str):
-        return DiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)
-
-    pipe = load_pretrained(name, loader, overrides)
-    missing = [c for c in SD_PARTS if getattr(pipe, c, None) is None]
-    if missing:
-        raise InputError(f"model {name!r} is not a Stable Diffusion pipeline (no {', '.join(missing)})")
-    pipe = place(pipe, device, dtype)
-    scheduler = pipe.scheduler
-    if not isinstance(scheduler, DDIMScheduler):
-        scheduler = DDIMScheduler.from_config(scheduler.config)
-    return {**{c: getattr(pipe, c) for c in SD_PARTS}, "scheduler": scheduler}
+def background_prompt(text: str | None) -> str:
+    """The prompt a removal sends: the given text, else `BACKGROUND_PROMPT`."""
+    return text.strip() if text and text.strip() else BACKGROUND_PROMPT
 
 
-class InpaintPipeline:
+class InpaintPipeline(DiffusionEditPipeline):
     """Object removal: Blended Latent Diffusion with a background prompt, or a 9-channel SD
-    inpainting model (see the module docstring)."""
+    inpainting model (see the module docstring). `components`: the parts of a loaded Stable
+    Diffusion pipeline (vae, text_encoder, tokenizer, unet, scheduler) to use instead of loading."""
 
     name = NAME
+    label = "removal (diffusion inpainting)"
+    edit_types = ("remove",)
     default_model = DEFAULT_MODEL
+    takes_text = True
+    ranks = True
 
-    def __init__(
-        self,
-        model: str | None = None,
-        overrides: Mapping[str, str] | None = None,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        progress: bool = True,
-        components: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, model: str | None = None, overrides: Mapping[str, str] | None = None, device: Any = None,
+                 dtype: Any = None, *, progress: bool = True, components: Mapping[str, Any] | None = None) -> None:
+        super().__init__(model, overrides, device, dtype, progress=progress, pipe=components)
+
+    @staticmethod
+    def unet_of(loaded: Mapping[str, Any]) -> Any:
+        return loaded["unet"]
+
+    def load(self, name: str, overrides: Mapping[str, str]) -> dict[str, Any]:
+        """vae, text_encoder, tokenizer, unet and a DDIM scheduler of a Stable Diffusion folder/Hub id of
+        any kind (text-to-image or inpainting), on the device in the dtype."""
+        from diffusers import DDIMScheduler, DiffusionPipeline
+
+        from refcoco_edit.models.resolver import load_pretrained
+
+        def loader(src: str):
+            return DiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)
+
+        pipe = load_pretrained(name, loader, overrides)
+        missing = [c for c in SD_PARTS if getattr(pipe, c, None) is None]
+        if missing:
+            raise InputError(f"model {name!r} is not a Stable Diffusion pipeline (no {', '.join(missing)})")
+        pipe = place(pipe, self.device, self.dtype)
+        scheduler = pipe.scheduler
+        if not isinstance(scheduler, DDIMScheduler):
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        return {**{c: getattr(pipe, c) for c in SD_PARTS}, "scheduler": scheduler}
+
+    def prepare(self, loaded: Mapping[str, Any]) -> Any:
+        """The inpainting pipeline (9-channel UNet) or the blended-latent one (4 channels) on the parts."""
         from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-        self.model = model or self.default_model
-        self.overrides = dict(overrides or {})
-        if components is not None:  # given components: work where they are unless told otherwise
-            device = device if device is not None else components["unet"].device
-            dtype = dtype if dtype is not None else components["unet"].dtype
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, dtype)
-        self.progress = progress
-        if components is None:
-            components = load_components(self.model, self.overrides, self.device, self.dtype)
-        parts = {key: components[key] for key in SD_PARTS}
+        parts = {key: loaded[key] for key in SD_PARTS}
         for part in ("vae", "text_encoder", "unet"):  # cast only when needed: diffusers warns on every cast
             if parts[part].device != self.device:
                 parts[part] = parts[part].to(self.device)
@@ -110,22 +107,25 @@ class InpaintPipeline:
         in_channels = parts["unet"].config.in_channels
         if in_channels == 9:
             self.method = "sd_inpainting"
-            self.pipe = StableDiffusionInpaintPipeline(**parts, **extra)
-            quiet_progress(self.pipe, progress)
             self._bld = None
-        elif in_channels == 4:
+            return StableDiffusionInpaintPipeline(**parts, **extra)
+        if in_channels == 4:
             from refcoco_edit.pipelines.region_edit import RegionEditPipeline
 
             self.method = "blended_latent_diffusion"
-            self.pipe = StableDiffusionPipeline(**parts, **extra)
+            pipe = StableDiffusionPipeline(**parts, **extra)
             self._bld = RegionEditPipeline(
-                self.model, self.overrides, self.device, self.dtype, progress=progress, pipe=self.pipe
+                self.model, self.overrides, self.device, self.dtype, progress=self.progress, pipe=pipe
             )
-        else:
-            raise InputError(
-                f"model {self.model!r} has a {in_channels}-channel UNet; removal needs a text-to-image "
-                "(4) or an inpainting (9) Stable Diffusion model"
-            )
+            return pipe
+        raise InputError(
+            f"model {self.model!r} has a {in_channels}-channel UNet; removal needs a text-to-image "
+            "(4) or an inpainting (9) Stable Diffusion model"
+        )
+
+    @classmethod
+    def prompt_sent(cls, request: EditRequest) -> str:
+        return background_prompt(request.text)
 
     def generate(
         self,
@@ -146,14 +146,13 @@ class InpaintPipeline:
     ) -> list[Candidate]:
         """`num` removal candidates (seeds seed, seed+1, ...). `text` is the background prompt;
         `skip` applies to the blended-latent method only."""
-        prompt = text.strip() if text and text.strip() else BACKGROUND_PROMPT
+        prompt = background_prompt(text)
         if self._bld is not None:
-            cands = self._bld.generate(
+            return self._bld.generate(
                 image, mask, text=prompt, num=num, seed=seed, steps=steps, size=size,
                 guidance_scale=guidance_scale, skip=skip, negative_prompt=negative_prompt,
                 restore=restore, feather=feather, rank_by=rank_by, _pipeline_name=self.name,
             )
-            return cands
         if skip:
             raise InputError("skip is for the blended-latent method; an inpainting model always runs every step")
         if rank_by:
@@ -163,16 +162,13 @@ class InpaintPipeline:
             guidance_scale=guidance_scale, negative_prompt=negative_prompt, restore=restore, feather=feather,
         )
 
-    __call__ = generate
-
     def _generate_sd_inpaint(
         self, image: Any, mask: Any, *, prompt: str, num: int, seed: int, steps: int, size: int | None,
         guidance_scale: float, negative_prompt: str, restore: bool, feather: int,
     ) -> list[Candidate]:
         from PIL import Image
 
-        if feather < 0:
-            raise InputError(f"feather must be >= 0, got {feather}")
+        check_feather(feather)
         prep = prepare_inputs(image, mask, size=size)
         seeds = seeds_for(seed, num)
         w, h = prep.work_size
@@ -190,24 +186,8 @@ class InpaintPipeline:
             generator=cpu_generators(seeds),
             output_type="np",
         )
-        images = float_images_to_pil(out.images)
-        base = {
-            "pipeline": self.name,
-            "method": self.method,
-            "model": self.model,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "steps": steps,
-            "guidance_scale": float(guidance_scale),
-            "scheduler": type(self.pipe.scheduler).__name__,
-            "size": size,
-            "work_size": [w, h],
-            "source_size": list(prep.size),
-            "restore": bool(restore),
-            "feather": int(feather),
-            "seeds": seeds,
-            "device": str(self.device),
-            "dtype": dtype_name(self.dtype),
-        }
-        cands = finish_candidates(prep, images, seeds, base, self.model, restore=restore, feather=feather)
-        return cands
+        record = self.record(
+            prep, seeds, method=self.method, sent={"prompt": prompt, "negative_prompt": negative_prompt},
+            steps=steps, guidance_scale=guidance_scale, size=size, restore=restore, feather=feather,
+        )
+        return self.finish(prep, float_images_to_pil(out.images), seeds, record, restore=restore, feather=feather)

@@ -43,18 +43,14 @@ from refcoco_edit.pipelines.base import (
     DEFAULT_FEATHER,
     VAE_FACTOR,
     Candidate,
+    check_feather,
     check_steps,
     cpu_generators,
-    dtype_name,
-    finish_candidates,
     float_images_to_pil,
-    place,
     prepare_inputs,
-    quiet_progress,
-    resolve_device,
-    resolve_dtype,
     seeds_for,
 )
+from refcoco_edit.pipelines.diffusion import DiffusionEditPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -240,56 +236,41 @@ def rank_candidates(candidates: list[Candidate], mask: np.ndarray, text: str, ra
 # the pipeline
 
 
-def load_sd(name: str, overrides: Mapping[str, str] | None, device: Any, dtype: Any):
-    """A StableDiffusionPipeline from the resolver, with a DDIM scheduler, on `device`."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from refcoco_edit.models.resolver import load_pretrained
-
-    def loader(src: str):
-        # Loaded as saved, then cast: the dtype keyword changed name across diffusers versions.
-        return StableDiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)
-
-    pipe = load_pretrained(name, loader, overrides)
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    if pipe.unet.config.in_channels != 4:
-        raise InputError(
-            f"model {name!r} has a {pipe.unet.config.in_channels}-channel UNet; Blended Latent Diffusion "
-            "needs a text-to-image (4-channel) model such as sd15"
-        )
-    return place(pipe, device, dtype)
-
-
-class RegionEditPipeline:
+class RegionEditPipeline(DiffusionEditPipeline):
     """Blended Latent Diffusion edits of a masked region from a text (see the module docstring)."""
 
     name = NAME
+    label = "region edit (Blended Latent Diffusion)"
+    edit_types = ("replace", "attribute", "add", "other")
     default_model = DEFAULT_MODEL
+    takes_text = True
+    needs_text = True
+    ranks = True
 
-    def __init__(
-        self,
-        model: str | None = None,
-        overrides: Mapping[str, str] | None = None,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        progress: bool = True,
-        pipe: Any = None,
-    ) -> None:
-        self.model = model or self.default_model
-        self.overrides = dict(overrides or {})
-        if pipe is not None:  # given components: work where they are unless told otherwise
-            device = device if device is not None else pipe.unet.device
-            dtype = dtype if dtype is not None else pipe.unet.dtype
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, dtype)
-        self.progress = progress
-        self.pipe = place(pipe, self.device, self.dtype) if pipe is not None else load_sd(
-            self.model, self.overrides, self.device, self.dtype
-        )
-        quiet_progress(self.pipe, progress)
+    def __init__(self, model: str | None = None, overrides: Mapping[str, str] | None = None, device: Any = None,
+                 dtype: Any = None, *, progress: bool = True, pipe: Any = None) -> None:
+        super().__init__(model, overrides, device, dtype, progress=progress, pipe=pipe)
         self._rankers: dict[str, ClipRanker] = {}
+
+    def load(self, name: str, overrides: Mapping[str, str]) -> Any:
+        """A StableDiffusionPipeline from the resolver, with a DDIM scheduler."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        from refcoco_edit.models.resolver import load_pretrained
+
+        def loader(src: str):
+            # Loaded as saved, then cast: the dtype keyword changed name across diffusers versions.
+            return StableDiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)
+
+        pipe = load_pretrained(name, loader, overrides)
+        if not isinstance(pipe.scheduler, DDIMScheduler):
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        if pipe.unet.config.in_channels != 4:
+            raise InputError(
+                f"model {name!r} has a {pipe.unet.config.in_channels}-channel UNet; Blended Latent Diffusion "
+                "needs a text-to-image (4-channel) model such as sd15"
+            )
+        return pipe
 
     def _ranker(self, name: str) -> ClipRanker:
         if name not in self._rankers:
@@ -323,12 +304,10 @@ class RegionEditPipeline:
             raise InputError(f"{_pipeline_name or self.name} needs a text describing the edit")
         steps = check_steps(steps)
         first = skipped_steps(steps, skip)
-        if feather < 0:
-            raise InputError(f"feather must be >= 0, got {feather}")
+        check_feather(feather)
         prep = prepare_inputs(image, mask, size=size)
         seeds = seeds_for(seed, num)
         pipe = self.pipe
-        w, h = prep.work_size
         with torch.inference_mode():
             source = encode_source(pipe.vae, prep.work_image, self.device, self.dtype)
             m = latent_mask(prep.work_mask, self.device, self.dtype, pipe.vae_scale_factor)
@@ -352,31 +331,15 @@ class RegionEditPipeline:
                 progress=self.progress,
             )
             images = float_images_to_pil(decode_latents(pipe.vae, latents))
-        base = {
-            "pipeline": _pipeline_name or self.name,
-            "method": "blended_latent_diffusion",
-            "model": self.model,
-            "prompt": text,
-            "negative_prompt": negative_prompt,
-            "steps": steps,
-            "guidance_scale": float(guidance_scale),
-            "skip": float(skip),
-            "skipped_steps": first,
-            "scheduler": type(pipe.scheduler).__name__,
-            "latent_mask": "max_pool",
-            "blend_noise": "initial",
-            "size": size,
-            "work_size": [w, h],
-            "source_size": list(prep.size),
-            "restore": bool(restore),
-            "feather": int(feather),
-            "seeds": seeds,
-            "device": str(self.device),
-            "dtype": dtype_name(self.dtype),
-        }
-        out = finish_candidates(prep, images, seeds, base, self.model, restore=restore, feather=feather)
+        record = self.record(
+            prep, seeds, method="blended_latent_diffusion", pipeline=_pipeline_name,
+            sent={"prompt": text, "negative_prompt": negative_prompt},
+            steps=steps, guidance_scale=guidance_scale,
+            sampling={"skip": float(skip), "skipped_steps": first},
+            blending={"latent_mask": "max_pool", "blend_noise": "initial"},
+            size=size, restore=restore, feather=feather,
+        )
+        out = self.finish(prep, images, seeds, record, restore=restore, feather=feather)
         if rank_by:
             out = rank_candidates(out, prep.mask, text, self._ranker(rank_by))
         return out
-
-    __call__ = generate
