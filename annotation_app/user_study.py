@@ -33,11 +33,14 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def _now() -> str:
 class ShownOutput:
     label: str  # "A", "B", ... as the rater sees it
     method: str  # hidden from the rater
-    image: Any  # PIL
+    image: Image
 
 
 @dataclass

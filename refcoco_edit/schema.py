@@ -8,9 +8,12 @@ COCO RLE in the store and 8-bit "L" PNGs in the exported dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 EDIT_TYPES: tuple[str, ...] = ("replace", "remove", "attribute", "add", "other")
 # composition: Paint-by-Example; region_edit: Blended Latent Diffusion; inpaint: diffusion removal;
@@ -32,8 +35,8 @@ class Sample:
     ref_id: int
     ann_id: int
     split: str
-    source_image: Any  # PIL.Image.Image, RGB
-    edited_image: Any  # PIL.Image.Image, RGB, same size
+    source_image: Image  # RGB
+    edited_image: Image  # RGB, same size
     source_mask: np.ndarray  # M: the referred object
     edit_mask: np.ndarray  # M_e: the area the edit changed
     prompt: str

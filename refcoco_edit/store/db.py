@@ -31,9 +31,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 from refcoco_edit.errors import InputError
 from refcoco_edit.schema import EDIT_TYPES, IMAGE_FIELDS, MASK_FIELDS, PIPELINES, STATUSES, Sample, validate
@@ -79,7 +82,7 @@ class Record:
 class Candidate:
     """One generated edit for a sample; `choose_candidate` copies it into the sample."""
 
-    image: Any  # PIL image (RGB)
+    image: Image  # RGB
     edit_mask: np.ndarray | None = None
     seed: int | None = None
     params: dict = field(default_factory=dict)
