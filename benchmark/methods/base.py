@@ -14,17 +14,16 @@ help. The runner calls, in this order:
 source's size (bicubic), as MagicBrush's evaluation does. The methods here return it at the source's
 size already.
 
-Registry: `METHODS` maps a name to "module:Class"; modules are imported only when a method is asked
-for, so `rie-bench list` and `--help` stay light. `register_method(name, target)` adds one, and
-`get_method_class` also accepts a "module:Class" path directly (`rie-bench run --method
-mypkg.mymethod:MyMethod`).
+Registry: `METHODS` (a `refcoco_edit.registry.Registry`) maps a name to "module:Class"; modules are
+imported only when a method is asked for, so `rie-bench list` and `--help` stay light.
+`register_method(name, target)` adds one, and `get_method_class` also accepts a "module:Class" path
+directly (`rie-bench run --method mypkg.mymethod:MyMethod`).
 
-Only the standard library is imported here.
+Only the standard library and refcoco_edit's errors and registry are imported here.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Mapping
@@ -32,23 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from refcoco_edit.errors import InputError, ModelNotAvailableError
+from refcoco_edit.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 # The paper's instruction suffix for the instruction-following baselines (ip2p, magicbrush, instructdiffusion).
 INSTRUCTION_SUFFIX = " and do not change any pixel else"
-
-# name -> "module:Class" (or a class registered at run time). Order = the order of `rie-bench list`.
-METHODS: dict[str, str | type] = {
-    "identity": "benchmark.methods.identity:IdentityMethod",
-    "reference": "benchmark.methods.reference:ReferenceMethod",
-    "blended": "benchmark.methods.blended:BlendedMethod",
-    "ip2p": "benchmark.methods.instruct:InstructPix2PixMethod",
-    "magicbrush": "benchmark.methods.instruct:MagicBrushMethod",
-    "instructdiffusion": "benchmark.methods.instructdiffusion:InstructDiffusionMethod",
-    "seg_inpaint": "benchmark.methods.seg_inpaint:SegInpaintMethod",
-    "referdiffusion": "benchmark.methods.referdiffusion:ReferDiffusionMethod",
-}
 
 
 @dataclass
@@ -264,45 +252,37 @@ def describe_source(name: str, overrides: Mapping[str, str] | None = None) -> st
 # registry
 
 
+def _is_method(obj: Any) -> str | None:
+    return None if isinstance(obj, type) and issubclass(obj, Method) else "is not a benchmark Method subclass"
+
+
+# name -> "module:Class" (or a class registered at run time). Order = the order of `rie-bench list`.
+METHODS: Registry[type[Method]] = Registry("method", {
+    "identity": "benchmark.methods.identity:IdentityMethod",
+    "reference": "benchmark.methods.reference:ReferenceMethod",
+    "blended": "benchmark.methods.blended:BlendedMethod",
+    "ip2p": "benchmark.methods.instruct:InstructPix2PixMethod",
+    "magicbrush": "benchmark.methods.instruct:MagicBrushMethod",
+    "instructdiffusion": "benchmark.methods.instructdiffusion:InstructDiffusionMethod",
+    "seg_inpaint": "benchmark.methods.seg_inpaint:SegInpaintMethod",
+    "referdiffusion": "benchmark.methods.referdiffusion:ReferDiffusionMethod",
+}, check=_is_method, allow_paths=True)
+
+
 def method_names() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
 
 
 def register_method(name: str, target: str | type[Method]) -> None:
     """Make method `name` available to the runner and the CLI of this process: `target` is a Method
     subclass or a "module:Class" path (imported when the method is first asked for). Processes started
     apart (`accelerate launch`) do not see it: give them `--method module:Class` instead."""
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise InputError(f"a method name is letters, digits, '_' and '-', got {name!r}")
-    if isinstance(target, type):
-        if not issubclass(target, Method):
-            raise InputError(f"{target.__qualname__} is not a benchmark Method subclass")
-    elif ":" not in target:
-        raise InputError(f"register_method wants a class or 'module:Class', got {target!r}")
-    METHODS[name] = target
-
-
-def _import(path: str) -> type[Method]:
-    module, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"cannot import method class {path!r}: {exc}") from exc
-    if not (isinstance(obj, type) and issubclass(obj, Method)):
-        raise InputError(f"{path} is not a benchmark Method subclass")
-    return obj
+    METHODS.register(name, target)
 
 
 def get_method_class(name: str) -> type[Method]:
     """The class of a registered method name, or of a "module:Class" path."""
-    if name in METHODS:
-        target = METHODS[name]
-        return target if isinstance(target, type) else _import(target)
-    if ":" in name:
-        return _import(name)
-    raise InputError(f"unknown method {name!r}; known: {', '.join(METHODS)} (or give module:Class)")
+    return METHODS.load(name)
 
 
 def create_method(name: str, **kwargs: Any) -> Method:

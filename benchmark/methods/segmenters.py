@@ -12,18 +12,19 @@ segmenter=mypkg.seg:MySegmenter`), e.g. a wrapper around a referring-segmentatio
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.registry import Registry
 
-SEGMENTERS: dict[str, str] = {
+# Duck-typed: a plug-in segmenter need not subclass `Segmenter`.
+SEGMENTERS: Registry[type[Segmenter]] = Registry("segmenter", {
     "gt": "benchmark.methods.segmenters:GroundTruthSegmenter",
     "refshapes": "benchmark.methods.segmenters:RefShapesSegmenter",
-}
+}, allow_paths=True)
 
 
 class Segmenter:
@@ -105,15 +106,8 @@ class RefShapesSegmenter(Segmenter):
 
 
 def segmenter_class(name: str) -> type[Segmenter]:
-    path = SEGMENTERS.get(name) or (name if ":" in name else None)
-    if path is None:
-        raise InputError(f"unknown segmenter {name!r}; known: {', '.join(SEGMENTERS)} (or give module:Class)")
-    module, _, attr = path.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"cannot import segmenter {path!r}: {exc}") from exc
-    return cls
+    """The class of a segmenter name, or of a "module:Class" path."""
+    return SEGMENTERS.load(name)
 
 
 def create_segmenter(name: str, *, refshapes_root: str = "") -> Segmenter:

@@ -15,7 +15,7 @@ Importing this package loads numpy and Pillow only; torch and transformers are i
 metric first scores.
 """
 
-from benchmark.metrics.base import Metric, MetricInput, MetricResult, results_to_dict
+from benchmark.metrics.base import Metric, MetricInput
 from benchmark.metrics.registry import (
     canonical_name,
     create_metric,
@@ -24,6 +24,7 @@ from benchmark.metrics.registry import (
     metric_names,
     parse_metric_list,
 )
+from benchmark.metrics.result import MetricResult, results_to_dict
 from benchmark.metrics.stats import bootstrap_ci, summarize
 
 __all__ = [

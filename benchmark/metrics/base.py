@@ -1,4 +1,4 @@
-"""What every metric shares: the per-sample input, the Metric base class and the result record.
+"""What every metric shares: the per-sample input and the Metric base class (results: `result`).
 
 A metric is fed batches of `MetricInput` through `update`, keeps one value per sample and output
 (so that bootstrap intervals and per-group tables can be computed at the end), and `compute` turns
@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
+from benchmark.metrics.result import MetricResult
+from benchmark.metrics.stats import summarize
 from refcoco_edit.errors import InputError, ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
@@ -124,43 +126,6 @@ class MetricInput:
     @cached_property
     def source_array(self) -> np.ndarray:
         return self.source if isinstance(self.source, np.ndarray) else np.asarray(self.source)
-
-
-@dataclass
-class MetricResult:
-    """The summary of one metric output over a run; `to_dict` is the results schema's entry.
-
-    Schema of `to_dict()` (JSON-ready): {"value": float|None, "ci": [lo, hi] (floats or None),
-    "n": int, "higher_is_better": bool, "available": bool, "reason": str|None,
-    "by_edit_type": {group: {"value", "ci", "n"}}, "by_pipeline": {group: {"value", "ci", "n"}}}.
-    """
-
-    name: str
-    higher_is_better: bool
-    value: float | None = None
-    ci: tuple[float | None, float | None] = (None, None)
-    n: int = 0
-    available: bool = True
-    reason: str | None = None
-    by_edit_type: dict[str, dict[str, Any]] = field(default_factory=dict)
-    by_pipeline: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "ci": [self.ci[0], self.ci[1]],
-            "n": self.n,
-            "higher_is_better": self.higher_is_better,
-            "available": self.available,
-            "reason": self.reason,
-            "by_edit_type": self.by_edit_type,
-            "by_pipeline": self.by_pipeline,
-        }
-
-
-def results_to_dict(results: Mapping[str, MetricResult]) -> dict[str, dict[str, Any]]:
-    """{name: result.to_dict()}: the `metrics` block of results.json."""
-    return {name: result.to_dict() for name, result in results.items()}
 
 
 class Metric:
@@ -281,8 +246,6 @@ class Metric:
 
     def compute(self) -> dict[str, MetricResult]:
         """{output name: MetricResult} over every sample recorded since the last reset."""
-        from benchmark.metrics.stats import summarize
-
         results: dict[str, MetricResult] = {}
         for out in self.output_names():
             if self._unavailable is not None:

@@ -6,24 +6,28 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Iterable
 from typing import Any
 
 from benchmark.metrics.base import Metric
-from refcoco_edit.errors import InputError
+from refcoco_edit.registry import Registry
 
-# name -> (module, class). Order = the order of result tables (the paper's three first).
-METRICS: dict[str, tuple[str, str]] = {
-    "aesthetic": ("benchmark.metrics.aesthetic", "AestheticScore"),
-    "l2_bg": ("benchmark.metrics.background", "L2Background"),
-    "clip_sim_fg": ("benchmark.metrics.clip_metrics", "ClipSimForeground"),
-    "psnr_bg": ("benchmark.metrics.background", "PSNRBackground"),
-    "ssim_bg": ("benchmark.metrics.background", "SSIMBackground"),
-    "clip_t": ("benchmark.metrics.clip_metrics", "ClipText"),
-    "localisation": ("benchmark.metrics.localisation", "Localisation"),
-}
+
+def _is_metric(obj: Any) -> str | None:
+    return None if isinstance(obj, type) and issubclass(obj, Metric) else "is not a benchmark Metric subclass"
+
+
+# name -> "module:Class". Order = the order of result tables (the paper's three first).
+METRICS: Registry[type[Metric]] = Registry("metric", {
+    "aesthetic": "benchmark.metrics.aesthetic:AestheticScore",
+    "l2_bg": "benchmark.metrics.background:L2Background",
+    "clip_sim_fg": "benchmark.metrics.clip_metrics:ClipSimForeground",
+    "psnr_bg": "benchmark.metrics.background:PSNRBackground",
+    "ssim_bg": "benchmark.metrics.background:SSIMBackground",
+    "clip_t": "benchmark.metrics.clip_metrics:ClipText",
+    "localisation": "benchmark.metrics.localisation:Localisation",
+}, check=_is_metric)
 
 # Output names that differ from their metric's name (kept here so that no import is needed).
 OUTPUT_OF: dict[str, str] = {
@@ -37,7 +41,7 @@ WEIGHT_FREE = ("l2_bg", "psnr_bg", "ssim_bg", "localisation")
 
 
 def metric_names() -> list[str]:
-    return list(METRICS)
+    return METRICS.names()
 
 
 def canonical_name(name: str) -> str:
@@ -47,13 +51,12 @@ def canonical_name(name: str) -> str:
         return name
     if name in OUTPUT_OF:
         return OUTPUT_OF[name]
-    known = ", ".join([*METRICS, *OUTPUT_OF])
-    raise InputError(f"unknown metric {name!r}; known: {known}")
+    # the hint and the list of known names cover the output names too
+    raise Registry("metric", {**METRICS, **OUTPUT_OF}).unknown(name)
 
 
 def get_metric_class(name: str) -> type[Metric]:
-    module, cls = METRICS[canonical_name(name)]
-    return getattr(importlib.import_module(module), cls)
+    return METRICS.load(canonical_name(name))
 
 
 def create_metric(name: str, **options: Any) -> Metric:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.metrics.result import MetricResult
+
 # Index-matrix entries per block: bounds memory (8 bytes each) whatever n and the resample count.
 _BLOCK_ENTRIES = 4_000_000
 
@@ -82,13 +84,11 @@ def summarize(
     confidence: float = 0.95,
     seed: int = 0,
     empty_reason: str = "no sample to which the metric applies",
-):
+) -> MetricResult:
     """A `MetricResult` from per-sample values (None = not applicable), with per-group tables.
 
     Usable without a Metric object, e.g. to re-score the rows of a samples.jsonl.
     """
-    from benchmark.metrics.base import MetricResult
-
     kwargs = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     applicable = [v for v in values if v is not None]
     overall = mean_with_ci(applicable, **kwargs)

@@ -2,8 +2,8 @@
 
 The two entry points, `run_benchmark` (`rie-bench run`) and `score_predictions` (`rie-bench score`),
 put the parts together: the run folder (`folder`), the samples (`dataset`), resumable generation
-(`generation`), processes and their score files (`sharding`), metrics (`scoring`) and what the
-results record about their origin (`provenance`).
+(`generation`), processes and their score files (`sharding`), metrics (`scoring`), the checks of a
+submitted folder (`submission`) and what the results record about their origin (`provenance`).
 
 Why it is built this way:
 - Resume: outputs are cached per sample in the run folder, so a killed run resumes where it stopped.
@@ -36,6 +36,7 @@ from benchmark.run.scoring import (
     summarize_rows,
 )
 from benchmark.run.sharding import process_layout, read_shards, write_shard
+from benchmark.run.submission import SubmissionError, prediction_folder, validate_submission
 from refcoco_edit.errors import InputError
 from refcoco_edit.io import dumps
 
@@ -203,8 +204,6 @@ def score_predictions(pred: Path | str, dataset: str, *, out: Path | str | None 
     """`rie-bench score`: validate a folder of outputs named by sample id, score it, write results.json and
     samples.jsonl (into `out`, by default the folder itself). Raises `SubmissionError` naming every
     problem when the submission is not valid."""
-    from benchmark.validate import SubmissionError, prediction_folder, validate_submission
-
     config = config or ScoreConfig()
     start = time.perf_counter()
     pred_dir = prediction_folder(Path(pred))

@@ -103,7 +103,7 @@ def score_samples(selection: Selection, indices: Sequence[int], output_path: Cal
         values: dict[str, list[Any]] = {}
         for metric in metrics.values():
             values.update(metric.update(inputs))
-        for j, (index, sample) in enumerate(zip(chunk, samples)):
+        for j, (index, sample) in enumerate(zip(chunk, samples, strict=True)):
             row: dict[str, Any] = {"index": index, "sample_id": sample.sample_id, "split": sample.split,
                                    "edit_type": sample.edit_type, "pipeline": sample.pipeline, "prompt": sample.prompt,
                                    "output": str(output_path(sample.sample_id))}

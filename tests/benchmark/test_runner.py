@@ -342,7 +342,7 @@ def test_score_refuses_a_bad_submission_naming_every_problem(bench_dataset, tmp_
 
 
 def test_validation_accepts_resizable_outputs_and_warns_about_extras(tmp_path):
-    from benchmark.validate import validate_submission
+    from benchmark.run.submission import validate_submission
 
     Image.new("RGB", (128, 96)).save(tmp_path / "a.png")
     Image.new("RGB", (120, 96)).save(tmp_path / "b.jpg")  # 6% off the aspect ratio: still resizable

@@ -3,7 +3,7 @@
 Rules, each broken one reported with the samples it concerns (all of them, then scoring refuses):
 - every sample of the scored selection has exactly one output `<sample_id>.png` (also .jpg, .jpeg,
   .webp or .bmp, with a warning: lossy files add compression noise to the background metrics); ids
-  with characters outside [A-Za-z0-9._-] are percent-encoded in file names (`benchmark.run.folder.output_name`);
+  with characters outside [A-Za-z0-9._-] are percent-encoded in file names (`folder.output_name`);
 - each output is readable (not truncated: Pillow's checks pass) and 8-bit RGB (no alpha, no grey,
   no palette);
 - each output has the source's size, or the same aspect ratio within 10% (a model's working size,
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.run.folder import output_name
 from refcoco_edit.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -100,8 +101,6 @@ def check_image(path: Path, size: tuple[int, int]) -> tuple[str | None, bool]:
 
 def validate_submission(folder: Path | str, expected: Mapping[str, tuple[int, int]]) -> ValidationReport:
     """Check `folder` against {sample_id: (width, height) of its source}; see the module docstring."""
-    from benchmark.run.folder import output_name
-
     folder = Path(folder)
     report = ValidationReport(folder=folder, expected=len(expected))
     by_stem: dict[str, list[Path]] = {}
