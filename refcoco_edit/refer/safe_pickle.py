@@ -62,19 +62,48 @@ def _to_text(value: bytes) -> str:
         return value.decode("latin-1")
 
 
-def _textify(obj: Any) -> Any:
-    """Turn Python 2 byte strings into text, recursively, keys included."""
-    if isinstance(obj, bytes):
-        return _to_text(obj)
-    if isinstance(obj, dict):
-        return {_textify(k): _textify(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_textify(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_textify(v) for v in obj)
-    if isinstance(obj, (set, frozenset)):
-        return type(obj)(_textify(v) for v in obj)
-    return obj
+# A refs file nests five levels (list > ref > sentences > sentence > tokens); anything far deeper is
+# not a refs file, and recursion that deep would exhaust the stack.
+MAX_DEPTH = 64
+
+
+def _textify(obj: Any, source: str) -> Any:
+    """Turn Python 2 byte strings into text, recursively, keys included.
+
+    Each container is converted once (memoised by identity): a pickle can refer to one object many
+    times, and converting every reference again would turn a few hundred bytes of shared lists into
+    an exponentially large tree. The result shares exactly where the input did.
+    """
+    memo: dict[int, Any] = {}
+    keep: list[Any] = []  # the originals stay alive, so their ids cannot be reused meanwhile
+
+    def convert(value: Any, depth: int) -> Any:
+        if isinstance(value, bytes):
+            return _to_text(value)
+        if not isinstance(value, (dict, list, tuple, set, frozenset)):
+            return value
+        done = memo.get(id(value))
+        if done is not None:
+            return done
+        if depth > MAX_DEPTH:
+            raise DataError(f"{source}: not a refs file: containers nested deeper than {MAX_DEPTH} levels "
+                            "(a refs file has about five)")
+        keep.append(value)
+        out: Any
+        if isinstance(value, list):
+            out = memo[id(value)] = []  # registered first: a list may contain itself
+            out.extend(convert(v, depth + 1) for v in value)
+        elif isinstance(value, dict):
+            out = memo[id(value)] = {}
+            for k, v in value.items():
+                out[convert(k, depth + 1)] = convert(v, depth + 1)
+        elif isinstance(value, tuple):
+            out = memo[id(value)] = tuple(convert(v, depth + 1) for v in value)
+        else:
+            out = memo[id(value)] = type(value)(convert(v, depth + 1) for v in value)
+        return out
+
+    return convert(obj, 0)
 
 
 def safe_load_bytes(data: bytes, source: str = "<bytes>") -> Any:
@@ -82,7 +111,7 @@ def safe_load_bytes(data: bytes, source: str = "<bytes>") -> Any:
 
     Python 2 strings are decoded as UTF-8 by the C unpickler itself (fast); only a file holding a
     string that is not UTF-8 is read again as bytes and decoded string by string, with Latin-1 as
-    the fallback.
+    the fallback (each shared object once; nesting deeper than `MAX_DEPTH` is refused).
     """
     try:
         try:
@@ -90,8 +119,8 @@ def safe_load_bytes(data: bytes, source: str = "<bytes>") -> Any:
                 return _RestrictedUnpickler(io.BytesIO(data), source, "utf-8").load()
         except UnicodeDecodeError:
             with gc_paused():
-                return _textify(_RestrictedUnpickler(io.BytesIO(data), source, "bytes").load())
-    except UnsafePickleError:
+                return _textify(_RestrictedUnpickler(io.BytesIO(data), source, "bytes").load(), source)
+    except DataError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, MemoryError, RecursionError, OverflowError) as exc:

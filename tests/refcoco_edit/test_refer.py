@@ -284,3 +284,34 @@ def test_oversized_image_refused_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="over the limit"):
         open_image(path, max_pixels=1_000_000)
     assert open_image(path).size == (3000, 3000)
+
+
+def shared_nesting_pickle(depth: int) -> bytes:
+    """A Python 2 pickle of `depth` nested pairs, each level two references to the one below, with a
+    non-UTF-8 string at the bottom: a few hundred bytes standing for 2**depth leaves."""
+    out = bytearray(b"\x80\x02")
+    out += b"](U\x01\xffU\x01\xffeq\x000"  # memo 0 = [b"\xff", b"\xff"]
+    for level in range(1, depth + 1):
+        out += b"](h" + bytes([level - 1]) + b"h" + bytes([level - 1]) + b"eq" + bytes([level]) + b"0"
+    out += b"h" + bytes([depth]) + b"."
+    return bytes(out)
+
+
+def test_shared_references_are_converted_once() -> None:
+    import time
+
+    data = shared_nesting_pickle(30)
+    assert len(data) < 500
+    t0 = time.perf_counter()
+    got = safe_load_bytes(data, "shared.p")
+    assert time.perf_counter() - t0 < 1.0  # each level once, not 2**30 leaves
+    node = got
+    for _ in range(30):
+        assert node[0] is node[1]  # the sharing is kept
+        node = node[0]
+    assert node == ["\u00ff", "\u00ff"]
+
+
+def test_deep_nesting_is_refused_clearly() -> None:
+    with pytest.raises(DataError, match=r"deep\.p: not a refs file: containers nested deeper than"):
+        safe_load_bytes(shared_nesting_pickle(200), "deep.p")
