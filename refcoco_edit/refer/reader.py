@@ -40,6 +40,12 @@ KNOWN_SPLIT_BYS: dict[str, tuple[str, ...]] = {
     "refclef": ("unc", "berkeley"),
 }
 DEFAULT_IMAGE_SUBDIR = Path("images/mscoco/images/train2014")
+# Bounds on what instances.json may make pycocotools do, checked before it is called: its C code
+# multiplies sizes in 32 bits and allocates per polygon edge, so a crafted file could crash the
+# process. A side of 16384 and the toolkit's one pixel limit are far above any COCO image.
+MAX_SIDE = 16384
+MAX_POLYGON_COORDS = 200_000  # all polygons of one object; COCO's largest has a few thousand
+MAX_POLYGON_PERIMETER = 1_000_000  # pixels along the edges; pycocotools allocates 5 points a pixel
 SAMPLE_ALIAS = "sample"
 
 
@@ -450,8 +456,9 @@ class RefCOCO:
 
     def ann_mask(self, ann_id: int) -> np.ndarray:
         ann = self.ann(ann_id)
-        img = self.image(ann["image_id"])
-        return decode_segmentation(ann.get("segmentation"), int(img["height"]), int(img["width"]), f"annotation {ann_id}")
+        what = f"annotation {ann_id}"
+        height, width = image_size(self.image(ann["image_id"]), what)
+        return decode_segmentation(ann.get("segmentation"), height, width, what)
 
     def image_path(self, image_id: int) -> Path:
         if self.image_dir is None:
@@ -463,8 +470,9 @@ class RefCOCO:
         from refcoco_edit.imaging.files import open_image
 
         info = self.image(image_id)
+        height, width = image_size(info, f"image {image_id}")
         im = open_image(self.image_path(image_id))
-        if im.size != (int(info["width"]), int(info["height"])):
+        if im.size != (width, height):
             raise DataError(
                 f"{self.image_path(image_id)}: image is {im.size[0]}x{im.size[1]} but instances.json says "
                 f"{info['width']}x{info['height']}"
@@ -496,19 +504,58 @@ def member_path(folder: Path, name: Any, what: str) -> Path:
     return Path(folder) / rel
 
 
+def image_size(info: dict, what: str) -> tuple[int, int]:
+    """(height, width) of an instances.json image record, checked against `check_size`."""
+    h, w = info.get("height"), info.get("width")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (h, w)):
+        raise DataError(f"{what}: image {info.get('id')} has a height/width that is not an integer ({h!r}, {w!r})")
+    check_size(h, w, what)
+    return h, w
+
+
+def check_size(height: int, width: int, what: str) -> None:
+    """Refuse a mask or image size outside 1..MAX_SIDE a side or over the toolkit's pixel limit."""
+    from refcoco_edit.imaging.files import MAX_PIXELS
+
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE) or height * width > MAX_PIXELS:
+        raise DataError(f"{what}: image size {width}x{height} is outside the limits ({MAX_SIDE} a side, "
+                        f"{MAX_PIXELS} pixels)")
+
+
+def _check_polygons(segm: list, height: int, width: int, what: str) -> list[list[float]]:
+    """The polygons as float lists, refused when pycocotools would allocate without bound."""
+    if not segm or not all(isinstance(p, (list, tuple)) for p in segm):
+        raise DataError(f"{what}: polygons must be a list of coordinate lists")
+    if sum(len(p) for p in segm) > MAX_POLYGON_COORDS:
+        raise DataError(f"{what}: polygons have more than {MAX_POLYGON_COORDS} coordinates")
+    polys = [list(map(float, p)) for p in segm]
+    if any(len(p) < 6 or len(p) % 2 for p in polys):
+        raise DataError(f"{what}: polygons need an even number (at least 6) of coordinates")
+    coords = np.concatenate([np.asarray(p) for p in polys])
+    # far-off coordinates would make pycocotools allocate without bound
+    if not np.isfinite(coords).all() or np.abs(coords).max() > 4 * max(height, width) + 16:
+        raise DataError(f"{what}: polygon coordinates lie far outside the {width}x{height} image")
+    perimeter = 0.0
+    for p in polys:
+        xy = np.asarray(p).reshape(-1, 2)
+        perimeter += float(np.abs(np.diff(xy, axis=0, append=xy[:1])).max(axis=1).sum())
+    if perimeter > MAX_POLYGON_PERIMETER:
+        raise DataError(f"{what}: polygon edges run {perimeter:.0f} pixels, over the limit of {MAX_POLYGON_PERIMETER}")
+    return polys
+
+
 def decode_segmentation(segm: Any, height: int, width: int, what: str = "segmentation") -> np.ndarray:
-    """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a (H, W) 0/1 uint8 mask."""
+    """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a (H, W) 0/1 uint8 mask.
+
+    Every size pycocotools will see (the image, polygon lengths, run counts) is checked first, so a
+    crafted annotation gets a `DataError` naming it rather than a crash in C.
+    """
     from pycocotools import mask as mask_utils
 
+    check_size(height, width, what)
     try:
         if isinstance(segm, list):
-            polys = [list(map(float, p)) for p in segm]
-            if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
-                raise DataError(f"{what}: polygons need an even number (at least 6) of coordinates")
-            coords = np.concatenate([np.asarray(p) for p in polys])
-            # far-off coordinates would make pycocotools allocate without bound
-            if not np.isfinite(coords).all() or np.abs(coords).max() > 4 * max(height, width) + 16:
-                raise DataError(f"{what}: polygon coordinates lie far outside the {width}x{height} image")
+            polys = _check_polygons(segm, height, width, what)
             rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
         elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
             if list(segm["size"]) != [height, width]:
@@ -516,6 +563,8 @@ def decode_segmentation(segm: Any, height: int, width: int, what: str = "segment
             if isinstance(segm["counts"], list):
                 # pycocotools leaves the pixels past a short run list as uninitialised memory
                 runs = segm["counts"]
+                if len(runs) > height * width + 1:
+                    raise DataError(f"{what}: RLE has more runs than the image has pixels")
                 if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in runs):
                     raise DataError(f"{what}: RLE counts must be non-negative integers")
                 if sum(runs) != height * width:
@@ -524,6 +573,8 @@ def decode_segmentation(segm: Any, height: int, width: int, what: str = "segment
             else:
                 counts = segm["counts"]
                 counts = counts.encode("ascii") if isinstance(counts, str) else counts
+                if not isinstance(counts, bytes) or len(counts) > 12 * (height * width + 1):
+                    raise DataError(f"{what}: RLE counts must be a string of at most 12 characters a pixel")
                 # pycocotools writes past its buffer when the counts add up to more than H*W
                 total = int(rle_string_counts(counts).sum())
                 if total != height * width:

@@ -315,3 +315,27 @@ def test_shared_references_are_converted_once() -> None:
 def test_deep_nesting_is_refused_clearly() -> None:
     with pytest.raises(DataError, match=r"deep\.p: not a refs file: containers nested deeper than"):
         safe_load_bytes(shared_nesting_pickle(200), "deep.p")
+
+
+def test_crafted_instances_sizes_are_refused_before_pycocotools(tmp_path: Path) -> None:
+    """A 200000x200000 image made pycocotools overflow and crash the process; every size it would see
+    is checked first and refused with the annotation's name."""
+    root = make_mini_refcoco(tmp_path / "r")
+    _rewrite_instances(root, lambda inst: inst["images"][0].update(width=200000, height=200000))
+    data = RefCOCO.load(root)
+    with pytest.raises(DataError, match=r"annotation 10: image size 200000x200000 is outside the limits"):
+        data.ann_mask(10)
+    for w, h, match in ((60.5, 40, "not an integer"), ("60", 40, "not an integer"), (0, 40, "outside the limits"),
+                        (16384, 16384, "outside the limits")):
+        _rewrite_instances(root, lambda inst: inst["images"][0].update(width=w, height=h))
+        with pytest.raises(DataError, match=f"annotation 10: .*{match}"):
+            RefCOCO.load(root).ann_mask(10)
+    with pytest.raises(DataError, match="more runs than the image has pixels"):
+        decode_segmentation({"size": [2, 2], "counts": [0] * 6 + [4]}, 2, 2)
+    with pytest.raises(DataError, match="more than 200000 coordinates"):
+        decode_segmentation([[1.0] * 200_002], 100, 100)
+    zigzag = [v for i in range(4000) for v in ((0, 0) if i % 2 else (400, 400))]
+    with pytest.raises(DataError, match="polygon edges run .* over the limit"):
+        decode_segmentation([zigzag], 100, 100)
+    with pytest.raises(DataError, match="polygons must be a list of coordinate lists"):
+        decode_segmentation([5, 6], 100, 100)
