@@ -354,11 +354,12 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 # ---------------------------------------------------------------------------- from the store
-def _lazy_image(data: bytes):
-    """A PIL image whose header is read (size, mode) but whose pixels are not decoded."""
-    from PIL import Image
+def _lazy_image(data: bytes, what: str):
+    """A PIL image whose header is read (size, mode, checked against the pixel limit) but whose
+    pixels are not decoded."""
+    from refcoco_edit.imaging.files import open_image
 
-    return Image.open(io.BytesIO(data))
+    return open_image(data, what=what, mode=None, load=False)
 
 
 def export_store(store_path: Path | str, out: Path | str, *, statuses: Iterable[str] = ("accepted",),
@@ -400,9 +401,9 @@ def export_store(store_path: Path | str, out: Path | str, *, statuses: Iterable[
                             missing.append(f"{name}: {exc}")
                             continue
                         try:
-                            setattr(sample, name, _lazy_image(png[name]))
-                        except OSError as exc:
-                            missing.append(f"{name}: unreadable image blob {digest[:12]}: {exc}")
+                            setattr(sample, name, _lazy_image(png[name], f"{name}: image blob {digest[:12]}"))
+                        except DataError as exc:
+                            missing.append(str(exc))
                     no_op = bool(rec.blobs.get("source_image")) and rec.blobs.get("source_image") == rec.blobs.get(
                         "edited_image")
                     writer.add(sample, png=png, no_op=no_op, problems=missing)

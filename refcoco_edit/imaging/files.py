@@ -1,36 +1,71 @@
-"""Opening images safely: one place that turns unreadable, truncated or oversized files into clear errors."""
+"""Opening images safely: the one place that holds the toolkit's pixel limit, and turns unreadable,
+truncated or oversized files into clear errors.
+
+Every image the project opens from a file or from bytes someone else wrote (datasets, store blobs,
+dumps, uploads, run outputs) goes through `open_image`, so a decompression bomb or a 12000x9000 PNG
+of a few hundred kilobytes is refused from its header, before a pixel is decoded, with the file named.
+"""
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refcoco_edit.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 # 8192 x 8192: far above any COCO image (640 x 640) and small enough that a decompression bomb is
 # refused before it is decoded.
 MAX_PIXELS = 8192 * 8192
 
 
-def open_image(path: Path | str, *, mode: str = "RGB", max_pixels: int = MAX_PIXELS):
-    """Open `path` with Pillow, check its size before decoding, and return it converted to `mode`."""
+def check_pixels(width: int, height: int, what: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse a `width` x `height` picture over the pixel limit, naming `what`."""
+    if width * height > max_pixels:
+        raise DataError(f"{what}: image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+
+
+def open_image(source: Path | str | bytes, *, what: str | None = None, mode: str | None = "RGB",
+               max_pixels: int = MAX_PIXELS, load: bool = True, formats: list[str] | None = None) -> Image:
+    """Open a file path or encoded bytes with Pillow, check the size from the header, then decode.
+
+    `what` names the source in errors (default: the path); `mode=None` keeps the stored mode;
+    `load=False` returns the image with only its header read (size and mode known, pixels decoded
+    on first use, still within the limit); `formats` restricts the decoders Pillow may try.
+    """
     from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = what or "image bytes"
+        fp: Path | io.BytesIO = io.BytesIO(bytes(source))
+    else:
+        fp = Path(source)
+        name = what or str(fp)
+        if not fp.is_file():
+            raise DataError(f"image not found: {fp}" if what is None else f"{name}: image not found: {fp}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise DataError(f"{path}: image of {w}x{h} pixels is over the limit of {max_pixels} pixels")
-                im.load()
-                return im.convert(mode)
+            im = Image.open(fp, formats=formats)
+            try:
+                check_pixels(*im.size, name, max_pixels)
+                if load:
+                    im.load()
+            except BaseException:
+                im.close()
+                raise
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: refused, image too large: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: not a readable image: {exc}") from None
+        raise DataError(f"{name}: image over the pixel limit, refused before decoding ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{name}: not a readable image: {exc}") from None
+    if not load or mode is None or im.mode == mode:
+        return im
+    converted = im.convert(mode)
+    im.close()
+    return converted

@@ -515,11 +515,11 @@ def image_size(info: dict, what: str) -> tuple[int, int]:
 
 def check_size(height: int, width: int, what: str) -> None:
     """Refuse a mask or image size outside 1..MAX_SIDE a side or over the toolkit's pixel limit."""
-    from refcoco_edit.imaging.files import MAX_PIXELS
+    from refcoco_edit.imaging.files import check_pixels
 
-    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE) or height * width > MAX_PIXELS:
-        raise DataError(f"{what}: image size {width}x{height} is outside the limits ({MAX_SIDE} a side, "
-                        f"{MAX_PIXELS} pixels)")
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise DataError(f"{what}: image size {width}x{height} is outside the limits (1 to {MAX_SIDE} a side)")
+    check_pixels(width, height, what)
 
 
 def _check_polygons(segm: list, height: int, width: int, what: str) -> list[list[float]]:

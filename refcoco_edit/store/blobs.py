@@ -85,16 +85,12 @@ class BlobStore:
 
     def put_png(self, digest: str, data: bytes) -> None:
         """Store PNG bytes under `digest` after checking that their pixels match the name (restores)."""
-        from PIL import Image
+        from refcoco_edit.imaging.files import open_image
 
         if self.path(digest).exists():
             return
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                actual = pixel_hash(im)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"blob {digest[:12]}: not a readable PNG: {exc}") from None
+        with open_image(data, what=f"blob {digest[:12]}", mode=None, formats=["PNG"]) as im:
+            actual = pixel_hash(im)
         if actual != digest:
             raise DataError(f"blob {digest[:12]}: its pixels hash to {actual[:12]}, not to its name")
         self._write(digest, data)
@@ -112,15 +108,9 @@ class BlobStore:
 
     def get(self, digest: str):
         """The stored image as a loaded PIL image (same mode, same pixels as put)."""
-        from PIL import Image
+        from refcoco_edit.imaging.files import open_image
 
-        data = self.read_bytes(digest)
-        try:
-            im = Image.open(io.BytesIO(data))
-            im.load()
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"image blob unreadable: {self.path(digest)}: {exc}") from None
-        return im
+        return open_image(self.read_bytes(digest), what=f"image blob {self.path(digest)}", mode=None)
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()

@@ -286,6 +286,40 @@ def test_oversized_image_refused_before_decoding(tmp_path: Path) -> None:
     assert open_image(path).size == (3000, 3000)
 
 
+def test_one_pixel_limit_for_files_and_bytes(tmp_path: Path) -> None:
+    """A 12000x9000 PNG of a few hundred kilobytes is refused from its header, path or bytes, with
+    the source named; the store's blobs and the export open images through the same function."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from refcoco_edit.imaging.files import MAX_PIXELS, open_image
+    from refcoco_edit.store.blobs import BlobStore
+
+    buf = io.BytesIO()
+    Image.new("1", (12000, 9000)).save(buf, format="PNG")
+    data = buf.getvalue()
+    assert len(data) < 400_000 and 12000 * 9000 > MAX_PIXELS
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data)
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match=r"bomb\.png: image .*over the (pixel )?limit"):
+        open_image(path)
+    with pytest.raises(DataError, match="upload x: image .*over the (pixel )?limit"):
+        open_image(data, what="upload x", load=False)
+    blobs = BlobStore(tmp_path / "blobs")
+    with pytest.raises(DataError, match="blob abcdef000000: image .*over the (pixel )?limit"):
+        blobs.put_png("abcdef" + "0" * 58, data)
+    assert time.perf_counter() - t0 < 1.0  # nothing was decoded
+    with pytest.raises(DataError, match="cell: not a readable image"):
+        open_image(b"\x89PNG not really", what="cell")
+    small = io.BytesIO()
+    Image.new("L", (4, 3), 7).save(small, format="PNG")
+    im = open_image(small.getvalue(), mode=None)
+    assert im.mode == "L" and im.size == (4, 3) and open_image(small.getvalue()).mode == "RGB"
+
+
 def shared_nesting_pickle(depth: int) -> bytes:
     """A Python 2 pickle of `depth` nested pairs, each level two references to the one below, with a
     non-UTF-8 string at the bottom: a few hundred bytes standing for 2**depth leaves."""
@@ -326,7 +360,7 @@ def test_crafted_instances_sizes_are_refused_before_pycocotools(tmp_path: Path) 
     with pytest.raises(DataError, match=r"annotation 10: image size 200000x200000 is outside the limits"):
         data.ann_mask(10)
     for w, h, match in ((60.5, 40, "not an integer"), ("60", 40, "not an integer"), (0, 40, "outside the limits"),
-                        (16384, 16384, "outside the limits")):
+                        (16384, 16384, "over the limit of")):
         _rewrite_instances(root, lambda inst: inst["images"][0].update(width=w, height=h))
         with pytest.raises(DataError, match=f"annotation 10: .*{match}"):
             RefCOCO.load(root).ann_mask(10)
