@@ -39,10 +39,10 @@ def score_config(args: argparse.Namespace):
 
 
 def print_results(results: dict, as_json: bool, out) -> None:
-    import json
+    from refcoco_edit.io import dumps
 
     if as_json:
-        print(json.dumps(results, ensure_ascii=False, indent=1))
+        print(dumps(results, indent=1))
         return
     from benchmark.leaderboard import format_results_table
 

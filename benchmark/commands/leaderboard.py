@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
         render_json,
         render_markdown,
     )
+    from benchmark.run.folder import save_png_atomic
     from refcoco_edit.errors import InputError
+    from refcoco_edit.io import atomic_write_text
 
     if args.grid < 0 or args.thumb < 16:
         raise InputError("--grid must be >= 0 and --thumb >= 16")
@@ -50,14 +52,12 @@ def run(args: argparse.Namespace) -> int:
             ids = choose_grid_samples(runs, args.grid)
             if ids:
                 grid_path = args.out.with_name(args.out.stem + "_grid.png")
-                grid_path.parent.mkdir(parents=True, exist_ok=True)
-                render_grid_png(runs, ids, dataset=args.dataset, thumb=args.thumb).save(grid_path)
+                save_png_atomic(render_grid_png(runs, ids, dataset=args.dataset, thumb=args.thumb), grid_path)
                 grid_name = grid_path.name
         text = render_markdown(runs, grid_image=grid_name, grid_ids=ids)
     if args.out is None:
         print(text, end="")
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0

@@ -54,11 +54,11 @@ def collect(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    from refcoco_edit.io import dumps
 
     data = collect(args)
     if args.json:
-        print(json.dumps(data, ensure_ascii=False, indent=1))
+        print(dumps(data, indent=1))
         return 0
     print("methods:")
     for m in data["methods"]:
