@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from refcoco_edit.errors import InputError
+from refcoco_edit.io import dumps
 from referdiffusion.loss_config import TERMS, LossConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -312,6 +313,21 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def flat_dict(values: dict[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+    """A config mapping as flat dotted key -> scalar, other values as JSON (trackers store hyper-parameters
+    flat; a resumed run compares its settings key by key)."""
+    out: dict[str, int | float | str | bool] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_dict(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        else:
+            out[name] = dumps(value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""RefCOCO-Edit rows -> training tensors, and the step-based sampler that makes resuming exact.
+"""RefCOCO-Edit rows -> training tensors, the step-based sampler that makes resuming exact, and a
+stage's data loader built from the two (`stage_loader`).
 
 Stage 1 (`refcoco-edit synth`) and stage 2 (`refcoco-edit export`) write the same format, so one
 dataset class serves both. Per sample it gives:
@@ -27,11 +28,20 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from accelerate import Accelerator
+    from PIL import Image
+    from transformers import PreTrainedTokenizerBase
+
+    from referdiffusion.train.config import StageConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 SAMPLE_PREFIX = "sample:"
 
 
-def open_dataset(spec: str, split: str | None = "train", max_samples: int | None = None):
+def open_dataset(spec: str, split: str | None = "train", max_samples: int | None = None) -> datasets.Dataset:
     """A `datasets.Dataset` with the trainer's columns from a dataset folder, Hub id or `sample:*` name.
 
     `split=None` joins every split of the dataset (in the export's split order).
@@ -102,7 +112,7 @@ def _resize_box(size: tuple[int, int], resolution: int, mode: str) -> tuple[tupl
     return (nw, nh), (left, top, left + resolution, top + resolution)
 
 
-def image_to_tensor(image: Any, resolution: int, mode: str = "stretch"):
+def image_to_tensor(image: Image.Image, resolution: int, mode: str = "stretch") -> torch.Tensor:
     """A PIL image as a 3 x R x R float tensor in [-1, 1] (bicubic resize)."""
     import torch
     from PIL import Image
@@ -115,7 +125,7 @@ def image_to_tensor(image: Any, resolution: int, mode: str = "stretch"):
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def mask_to_tensor(mask: np.ndarray, resolution: int, mode: str = "stretch", rule: str = "area"):
+def mask_to_tensor(mask: np.ndarray, resolution: int, mode: str = "stretch", rule: str = "area") -> torch.Tensor:
     """A 0/1 (H, W) mask as a 1 x R x R float tensor: `area` (soft share of object) or `any` (0/1)."""
     import torch
     from PIL import Image
@@ -143,7 +153,8 @@ class DataOptions:
 class EditingDataset:
     """A torch map-style dataset over an opened RefCOCO-Edit `datasets.Dataset` (see the module docstring)."""
 
-    def __init__(self, dataset: Any, tokenizer: Any, options: DataOptions = DataOptions()) -> None:
+    def __init__(self, dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
+                 options: DataOptions = DataOptions()) -> None:
         from referdiffusion.text import fast_tokenizer
 
         missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
@@ -255,3 +266,19 @@ class StepSampler:
 
     def __len__(self) -> int:  # DataLoader asks; the stream is endless
         return 2**62
+
+
+def stage_loader(config: TrainConfig, stage: StageConfig, stage_index: int, tokenizer: PreTrainedTokenizerBase,
+                 accelerator: Accelerator, start_batch: int) -> torch.utils.data.DataLoader:
+    """This process's batches of one stage, from micro-batch `start_batch` on (where a resumed run is)."""
+    import torch
+
+    ds = open_dataset(stage.dataset, stage.split, stage.max_samples)
+    dataset = EditingDataset(ds, tokenizer, DataOptions(config.data.resolution, config.data.resize,
+                                                        config.data.max_token_length))
+    sampler = StepSampler(len(dataset), config.batch_size, seed=config.seed * 1000 + stage_index,
+                          rank=accelerator.process_index, world=accelerator.num_processes, start_batch=start_batch)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=config.data.num_workers, pin_memory=accelerator.device.type == "cuda",
+    )

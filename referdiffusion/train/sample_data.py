@@ -14,12 +14,11 @@ file lock, in a temporary folder renamed into place, so a folder that exists is 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from refcoco_edit.errors import InputError
+from refcoco_edit.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,8 @@ def sample_folder(spec: str) -> Path:
 
 
 def _make_synth(out: Path) -> None:
-    from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.dataset.synth import SynthConfig, synth_dataset
+    from refcoco_edit.refer.reader import RefCOCO
 
     synth_dataset(RefCOCO.load("sample"), out, SynthConfig(seed=0))
 
@@ -68,12 +67,7 @@ def materialize_sample_dataset(spec: str) -> Path:
     with FileLock(str(dest.parent / f".{dest.name}.lock")):
         if dest.is_dir():
             return dest
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
-            log.info("making %s in %s (once)", spec, dest)
-            out = tmp / "data"
-            (_make_synth if spec == "sample:synth" else _make_edits)(out)
-            os.replace(out, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("making %s in %s (once)", spec, dest)
+        with atomic_dir(dest) as tmp:
+            (_make_synth if spec == "sample:synth" else _make_edits)(tmp)
     return dest

@@ -15,9 +15,9 @@ pytest.importorskip("accelerate")
 
 from refcoco_edit.errors import InputError  # noqa: E402
 from referdiffusion.cli import main  # noqa: E402
+from referdiffusion.train.checkpoints import list_checkpoints  # noqa: E402
 from referdiffusion.train.config import load_config  # noqa: E402
-from referdiffusion.train.trainer import TrainingDivergedError, list_checkpoints, train  # noqa: E402
-
+from referdiffusion.train.trainer import TrainingDivergedError, train  # noqa: E402
 from tests.referdiffusion import one_torch_thread  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
@@ -114,6 +114,28 @@ def test_a_new_run_replaces_frozen_components_left_by_a_run_without_checkpoints(
     for folder in (stale, out / "checkpoint-1"):
         assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "ReferDiffusionPipeline"
         assert "stale" not in json.loads((folder / "vae" / "config.json").read_text())
+
+
+def test_resume_removes_folders_left_by_a_killed_save_and_a_failed_save_leaves_none(tiny_cache, tmp_path,
+                                                                                      monkeypatch):
+    from referdiffusion.train import checkpoints
+
+    out = tmp_path / "run"
+    cfg = _tiny(synth=1, edit=1)
+    train(cfg, output_dir=out, max_steps=1, progress=False)
+    for name in (".checkpoint-2.k2j4h5.tmp", ".checkpoint-2.tmp", ".final.a8b9c0.tmp"):  # a killed save's
+        (out / name / "unet").mkdir(parents=True)
+    real = checkpoints._write_pipeline
+
+    def failing(output_dir, folder, unet, rem):
+        real(output_dir, folder, unet, rem)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints, "_write_pipeline", failing)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg, output_dir=out, resume=True, progress=False)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
+    assert not any(p.name.startswith(".") for p in out.iterdir())
 
 
 def test_nan_loss_stops_with_step_and_samples_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch):
