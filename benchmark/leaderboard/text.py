@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from benchmark.leaderboard.table import (
     leaderboard_dict,
     warnings_for,
 )
+from refcoco_edit.io import dumps
 
 
 def format_results_table(results: dict[str, Any]) -> str:
@@ -89,4 +89,4 @@ def render_markdown(runs: Sequence[RunEntry], *, grid_image: str | None = None,
 
 
 def render_json(runs: Sequence[RunEntry]) -> str:
-    return json.dumps(leaderboard_dict(runs), ensure_ascii=False, indent=1) + "\n"
+    return dumps(leaderboard_dict(runs), indent=1) + "\n"
