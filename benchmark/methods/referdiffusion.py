@@ -13,7 +13,6 @@ REFCOCO_EDIT_MODEL_REFERDIFFUSION.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +66,8 @@ class ReferDiffusionMethod(Method):
 
     def setup(self) -> None:
         from benchmark.methods._common import device_and_dtype
-        from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
         from refcoco_edit.pipelines.base import place
+        from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
 
         self.device, self.dtype = device_and_dtype(self.device, self.dtype)
         folder = Path(self.checkpoint).expanduser()
