@@ -14,22 +14,29 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from annotation_app.errors import AppError
 from annotation_app.render import ObjectMask
 
+if TYPE_CHECKING:
+    from refcoco_edit.pipelines.capabilities import EditPipeline
+
 log = logging.getLogger(__name__)
 
-# What the pipeline radio offers, in order; the removal pipelines are labelled as such.
-PIPELINE_LABELS: dict[str, str] = {
-    "composition": "composition (Paint-by-Example)",
-    "region_edit": "region edit (Blended Latent Diffusion)",
-    "inpaint": "removal (diffusion inpainting)",
-    "classical_inpaint": "removal (OpenCV, no model)",
-}
+
+
+def pipeline_labels() -> dict[str, str]:
+    """What the pipeline radio offers, in registry order: every pipeline that declares a label."""
+    from refcoco_edit.pipelines import pipeline_class, pipeline_names
+
+    return {n: pipeline_class(n).label for n in pipeline_names() if pipeline_class(n).label}
+
+
+# Read from the pipelines' classes (their modules import no torch).
+PIPELINE_LABELS: dict[str, str] = pipeline_labels()
 
 
 @dataclass
@@ -179,6 +186,12 @@ class AppContext:
         from refcoco_edit.pipelines import pipeline_names
 
         return [n for n in pipeline_names() if n in PIPELINE_LABELS]
+
+    def pipeline_class(self, name: str) -> type[EditPipeline]:
+        """The class of pipeline `name`: what it needs and how a request becomes its arguments."""
+        from refcoco_edit.pipelines import pipeline_class
+
+        return pipeline_class(name)
 
     def pipeline_model(self, name: str) -> str | None:
         return self.config.pipeline_models.get(name)

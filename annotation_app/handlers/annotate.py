@@ -590,6 +590,7 @@ def _int_in(value: Any, name: str, low: int, high: int) -> int:
 def generate(ctx, username: str | None, state: AnnotateState | None, pipeline: str, num: Any, seed: Any,
              steps: Any, text: str | None, progress: Progress = None) -> tuple[AnnotateState, dict]:
     """Run a pipeline on the region and attach its `num` candidates to the (draft) sample."""
+    from refcoco_edit.pipelines.capabilities import EditRequest
     from refcoco_edit.store import Candidate as StoredCandidate
     from refcoco_edit.store import rle
 
@@ -603,19 +604,16 @@ def generate(ctx, username: str | None, state: AnnotateState | None, pipeline: s
     steps = _int_in(ctx.config.default_steps if steps in (None, "") else steps, "steps", 1, MAX_STEPS)
     text = (text or "").strip()
     region = st.region if st.region is not None else np.array(_object_mask(ctx, st))
-    kwargs: dict[str, Any] = {"num": num, "seed": seed}
-    example = None
-    if pipeline == "composition":
-        if not st.example_hash:
-            raise StateError("composition needs an example: upload a picture or choose an object")
-        example = ctx.uploads.get(st.example_hash)
-        kwargs.update(example=example, steps=steps, example_source=st.example_source)
-    elif pipeline == "region_edit":
-        if not text:
-            raise StateError("region edit needs a text saying what the region should show")
-        kwargs.update(text=text, steps=steps)
-    elif pipeline == "inpaint":
-        kwargs.update(text=text or None, steps=steps)
+    cls = ctx.pipeline_class(pipeline)
+    title = pipeline.replace("_", " ")
+    if cls.needs_example and not st.example_hash:
+        raise StateError(f"{title} needs an example: upload a picture or choose an object")
+    if cls.needs_text and not text:
+        raise StateError(f"{title} needs a text saying what the region should show")
+    example = ctx.uploads.get(st.example_hash) if cls.needs_example else None
+    request = EditRequest(num=num, seed=seed, steps=steps, text=text or None, example=example,
+                          example_source=st.example_source if cls.needs_example else None)
+    kwargs = cls.generate_kwargs(request)
     if progress is not None:
         progress(0.05, desc=f"loading {pipeline}")
     pipe, lock = ctx.pipeline(pipeline)

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from refcoco_edit.commands._common import add_refcoco_args, open_refcoco, print_json
 
-PIPELINE_CHOICES = ("composition", "region_edit", "inpaint", "classical_inpaint", "synthetic")
-
 
 def register(sub) -> argparse.ArgumentParser:
+    from refcoco_edit.curation.config import BUILD_PIPELINES, DEFAULT_PIPELINES
     from refcoco_edit.models.resolver import add_model_argument
 
     p = sub.add_parser(
@@ -33,7 +32,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--split", metavar="X", help="only refs of this split (train, val, testA, testB ...)")
     p.add_argument("--limit", type=int, metavar="N", help="build the first N eligible refs")
     p.add_argument("--pipelines", metavar="A,B",
-                   help=f"pipelines among {', '.join(PIPELINE_CHOICES)} (default region_edit,classical_inpaint); "
+                   help=f"pipelines among {', '.join(BUILD_PIPELINES)} (default {','.join(DEFAULT_PIPELINES)}); "
                         "each unit uses those that can make its edit type")
     p.add_argument("--edits", default="replace,remove,attribute", metavar="A,B",
                    help="edit types (default replace,remove,attribute; add and other need --target)")
@@ -74,7 +73,8 @@ def _rephraser(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from refcoco_edit.curation.build import DEFAULT_PIPELINES, BuildConfig, build, parse_pipeline_models, split_list
+    from refcoco_edit.curation.builder import build
+    from refcoco_edit.curation.config import DEFAULT_PIPELINES, BuildConfig, parse_pipeline_models, split_list
     from refcoco_edit.models.resolver import parse_model_overrides
     from refcoco_edit.store import Store
 

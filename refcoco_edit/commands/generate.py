@@ -15,8 +15,12 @@ import argparse
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refcoco_edit.pipelines import PIPELINES  # the registry imports only the standard library
+
+if TYPE_CHECKING:
+    from refcoco_edit.pipelines.capabilities import EditPipeline, EditRequest
 
 PIPELINE_NAMES = tuple(PIPELINES)
 logger = logging.getLogger(__name__)
@@ -26,7 +30,7 @@ CANDIDATES_FILE = "candidates.json"
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "generate",
-        help="make reference-edit candidates (composition, region_edit, inpaint, classical_inpaint)",
+        help=f"make reference-edit candidates ({', '.join(PIPELINE_NAMES)})",
         description="Generate K candidate edits of IMAGE inside MASK and write them with candidates.json.",
     )
     p.add_argument("--pipeline", required=True, choices=PIPELINE_NAMES)
@@ -68,28 +72,34 @@ def split_model_args(items: list[str]) -> tuple[str | None, dict[str, str]]:
     return (names[0] if names else None), parse_model_overrides([i for i in items if "=" in i])
 
 
-def _options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of the chosen pipeline's `generate` that the flags set."""
+def _check_flags(args: argparse.Namespace, cls: type[EditPipeline]) -> None:
+    """Refuse flags the chosen pipeline needs but lacks, or takes none of (from its capabilities)."""
     from refcoco_edit.errors import InputError
+    from refcoco_edit.pipelines import pipeline_class
 
-    opts: dict = {"num": args.num, "seed": args.seed}
-    if args.pipeline == "classical_inpaint":
-        return {**opts, "method": args.method, "radius": args.radius, "dilate_px": args.dilate}
-    for flag, key in (("steps", "steps"), ("size", "size"), ("guidance", "guidance_scale"), ("feather", "feather")):
-        if getattr(args, flag) is not None:
-            opts[key] = getattr(args, flag)
-    opts["restore"] = not args.no_restore
-    if args.pipeline == "composition":
-        if args.text or args.skip is not None or args.rank_clip or args.negative:
-            raise InputError("composition takes no --text, --skip, --negative or --rank-clip")
-        return opts
-    opts["text"] = args.text
-    opts["negative_prompt"] = args.negative
-    if args.skip is not None:
-        opts["skip"] = args.skip
-    if args.rank_clip:
-        opts["rank_by"] = args.rank_clip
-    return opts
+    if args.num < 1:
+        raise InputError(f"--num must be at least 1, got {args.num}")
+    if cls.needs_example and args.example is None:
+        raise InputError(f"--pipeline {cls.name} needs --example IMAGE")
+    if args.example is not None and not cls.needs_example:
+        takers = [n for n in PIPELINE_NAMES if pipeline_class(n).needs_example]
+        raise InputError(f"--example is for --pipeline {' or '.join(takers)}")
+    if cls.needs_text and not (args.text and args.text.strip()):
+        raise InputError(f"--pipeline {cls.name} needs --text (the edit, e.g. 'a giraffe')")
+    # a weight-free pipeline ignores the model's options; a model pipeline without a text refuses them
+    if cls.needs_weights and not cls.takes_text and (args.text or args.skip is not None or args.rank_clip
+                                                     or args.negative):
+        raise InputError(f"{cls.name} takes no --text, --skip, --negative or --rank-clip")
+
+
+def _request(args: argparse.Namespace) -> EditRequest:
+    """The request the flags make; the pipeline keeps the parts it takes (`generate_kwargs`)."""
+    from refcoco_edit.pipelines.capabilities import EditRequest
+
+    return EditRequest(num=args.num, seed=args.seed, text=args.text, steps=args.steps, size=args.size,
+                       guidance_scale=args.guidance, feather=args.feather, restore=not args.no_restore,
+                       negative_prompt=args.negative, skip=args.skip, rank_by=args.rank_clip or None,
+                       method=args.method, radius=args.radius, dilate_px=args.dilate)
 
 
 def _versions() -> dict[str, str]:
@@ -106,21 +116,16 @@ def _versions() -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import replace
 
-    from refcoco_edit.errors import InputError
     from refcoco_edit.imaging.files import open_image
     from refcoco_edit.imaging.masks import load_mask_png, save_mask_png
+    from refcoco_edit.pipelines import pipeline_class
 
     model, overrides = split_model_args(args.model_args)
-    if args.num < 1:
-        raise InputError(f"--num must be at least 1, got {args.num}")
-    if args.pipeline == "composition" and args.example is None:
-        raise InputError("--pipeline composition needs --example IMAGE")
-    if args.example is not None and args.pipeline != "composition":
-        raise InputError("--example is for --pipeline composition")
-    if args.pipeline == "region_edit" and not (args.text and args.text.strip()):
-        raise InputError("--pipeline region_edit needs --text (the edit, e.g. 'a giraffe')")
-    opts = _options(args)
+    cls = pipeline_class(args.pipeline)
+    _check_flags(args, cls)
+    request = _request(args)
     image = open_image(args.image)  # DataError (one line) for a missing or corrupt file
     mask = load_mask_png(args.mask)
     example_source = None
@@ -132,12 +137,12 @@ def run(args: argparse.Namespace) -> int:
 
             example = crop_object(example, load_mask_png(args.example_mask))
             example_source += f" cropped by {args.example_mask.absolute()}"
-        opts.update(example=example, example_source=example_source)
+        request = replace(request, example=example, example_source=example_source)
+    opts = cls.generate_kwargs(request)
 
-    from refcoco_edit.pipelines import get_pipeline
     from refcoco_edit.pipelines.base import MaskResizedWarning
 
-    pipe = get_pipeline(args.pipeline, model, overrides, args.device, args.dtype)
+    pipe = cls(model, overrides, args.device, args.dtype)
     with warnings.catch_warnings(record=True) as caught:  # shown as one log line each, not Python's two
         warnings.simplefilter("always", MaskResizedWarning)
         candidates = pipe.generate(image, mask, **opts)

@@ -412,3 +412,12 @@ def test_llm_rephrasings_through_a_local_endpoint(make_ctx, tmp_path, monkeypatc
         assert server.requests and server.requests[0]["body"]["model"] == "test-model"
     finally:
         server.stop()
+
+
+def test_pipeline_labels_come_from_the_pipeline_classes(ctx):
+    from annotation_app.context import PIPELINE_LABELS
+    from refcoco_edit.pipelines import pipeline_class
+
+    assert ctx.pipeline_names() == list(PIPELINE_LABELS)
+    assert PIPELINE_LABELS["classical_inpaint"] == "removal (OpenCV, no model)"
+    assert all(PIPELINE_LABELS[n] == pipeline_class(n).label for n in PIPELINE_LABELS)

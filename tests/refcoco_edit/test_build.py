@@ -495,3 +495,14 @@ def test_beside_region_is_the_box_moved_to_the_roomier_side():
     assert out.sum() == 12 and out[2:5, 7:11].all()
     flipped = beside_region(mask[:, ::-1].copy())
     assert np.array_equal(flipped, out[:, ::-1])
+
+
+def test_build_pipelines_are_the_model_pipelines_and_synthetic():
+    from refcoco_edit.curation.build import BUILD_PIPELINES
+    from refcoco_edit.pipelines import pipeline_names
+
+    assert BUILD_PIPELINES.names() == [*pipeline_names(), "synthetic"]
+    synthetic = BUILD_PIPELINES.load("synthetic")
+    assert synthetic.needs_ground_truth and not synthetic.needs_weights and not synthetic.needs_mask
+    assert synthetic.edit_types == ("replace", "remove", "attribute")
+    assert [n for n in BUILD_PIPELINES if BUILD_PIPELINES.load(n).needs_ground_truth] == ["synthetic"]

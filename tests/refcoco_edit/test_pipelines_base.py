@@ -248,3 +248,68 @@ def test_finish_candidates_equals_whole_image_functions() -> None:
             assert cand.image.tobytes() == want.tobytes()
             np.testing.assert_array_equal(cand.edit_mask, base.edit_mask(src, want, mask, margin=margin))
             assert cand.params == {"x": 1, "seed": cand.seed, "batch_index": cand.seed - 1}
+
+
+# --------------------------------------------------------------------------------------------
+# capabilities
+
+
+def test_every_pipeline_declares_its_capabilities() -> None:
+    from refcoco_edit.pipelines import pipeline_class
+    from refcoco_edit.pipelines.capabilities import EditPipeline
+    from refcoco_edit.schema import EDIT_TYPES
+
+    for name in pipeline_names():
+        cls = pipeline_class(name)
+        assert issubclass(cls, EditPipeline) and cls.name == name
+        assert cls.label and cls.default_model
+        assert cls.edit_types and set(cls.edit_types) <= set(EDIT_TYPES)
+        assert not cls.needs_text or cls.takes_text
+    assert [n for n in pipeline_names() if not pipeline_class(n).needs_weights] == ["classical_inpaint"]
+    assert [n for n in pipeline_names() if pipeline_class(n).needs_example] == ["composition"]
+    assert [n for n in pipeline_names() if pipeline_class(n).needs_text] == ["region_edit"]
+
+
+def test_requests_become_each_pipelines_keywords() -> None:
+    from refcoco_edit.pipelines import pipeline_class
+    from refcoco_edit.pipelines.capabilities import EditRequest
+
+    example = _image(8, 8)
+    req = EditRequest(num=2, seed=5, text="a red star", example=example, example_source="ann 3", steps=4,
+                      rank_by="tiny-clip", method="ns", radius=3, dilate_px=2)
+    assert pipeline_class("region_edit").generate_kwargs(req) == {
+        "num": 2, "seed": 5, "steps": 4, "text": "a red star", "rank_by": "tiny-clip"}
+    assert pipeline_class("inpaint").generate_kwargs(req) == {
+        "num": 2, "seed": 5, "steps": 4, "text": "a red star", "rank_by": "tiny-clip"}
+    assert pipeline_class("composition").generate_kwargs(req) == {
+        "num": 2, "seed": 5, "steps": 4, "example": example, "example_source": "ann 3"}
+    assert pipeline_class("classical_inpaint").generate_kwargs(req) == {
+        "num": 2, "seed": 5, "method": "ns", "radius": 3, "dilate_px": 2}
+    assert pipeline_class("inpaint").prompt_sent(EditRequest()) == "background"
+    assert pipeline_class("region_edit").prompt_sent(req) == "a red star"
+    assert pipeline_class("composition").prompt_sent(req) is None
+
+
+def test_capabilities_are_read_without_heavy_libraries() -> None:
+    code = ("import sys; from refcoco_edit.pipelines import pipeline_class, pipeline_names; "
+            "[pipeline_class(n).edit_types for n in pipeline_names()]; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_pipelines_import_no_higher_layer() -> None:
+    """Counting imports inside functions: pipelines stand below curation, the store, the dataset and the CLI."""
+    import ast
+    from pathlib import Path
+
+    import refcoco_edit.pipelines as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                parts = name.split(".")
+                assert not (parts[0] == "refcoco_edit" and len(parts) > 1
+                            and parts[1] in ("curation", "store", "dataset", "commands")), f"{path.name} imports {name}"
