@@ -32,7 +32,8 @@ def pipeline_labels() -> dict[str, str]:
     """What the pipeline radio offers, in registry order: every pipeline that declares a label."""
     from refcoco_edit.pipelines import pipeline_class, pipeline_names
 
-    return {n: pipeline_class(n).label for n in pipeline_names() if pipeline_class(n).label}
+    classes = {n: pipeline_class(n) for n in pipeline_names()}
+    return {n: cls.label for n, cls in classes.items() if cls.label}
 
 
 # Read from the pipelines' classes (their modules import no torch).
