@@ -15,9 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refcoco_edit.errors import InputError, ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ class InitReport:
     rem_parameters: int
 
 
-def widen_conv_in(unet: Any, in_channels: int = 8) -> Any:
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
     """Give `unet` a first convolution with `in_channels` inputs: the old weights for the first channels,
     zeros for the new ones; the config is updated so that save/load keeps the new width."""
     import torch
@@ -60,7 +65,7 @@ def widen_conv_in(unet: Any, in_channels: int = 8) -> Any:
 SD_DDIM_DEFAULTS: dict[str, Any] = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
 
-def ddim_scheduler(source_config: dict[str, Any]) -> Any:
+def ddim_scheduler(source_config: dict[str, Any]) -> DDIMScheduler:
     """A DDIM scheduler with the source scheduler's noise schedule and prediction type."""
     from diffusers import DDIMScheduler
 
@@ -123,13 +128,15 @@ def _load(source: str, name: str | None = None) -> dict[str, Any]:
         ) from exc
 
 
-def make_pipeline(source: str, seed: int = 0, rem_kwargs: dict[str, Any] | None = None, *, name: str | None = None):
+def make_pipeline(source: str, seed: int = 0, rem_kwargs: dict[str, Any] | None = None, *,
+                  name: str | None = None) -> ReferDiffusionPipeline:
     """An in-memory `ReferDiffusionPipeline` initialised from `source` (a folder or Hub id), or from the
     resolver's model `name` (then `source` is only reported)."""
     return _build(source, seed, rem_kwargs, name)[0]
 
 
-def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None, name: str | None = None) -> tuple[Any, str]:
+def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None,
+           name: str | None = None) -> tuple[ReferDiffusionPipeline, str]:
     import torch
 
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline

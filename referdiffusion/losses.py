@@ -40,13 +40,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from refcoco_edit.errors import DataError, InputError
 from referdiffusion.loss_config import TERMS, LossConfig
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from diffusers.configuration_utils import FrozenDict
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from referdiffusion.rem import RegionEmbedderOutput
+
+
+class UNetLike(Protocol):
+    """What `compute_losses` needs of the UNet: a `UNet2DConditionModel`, or an object that calls it through a
+    DDP or autocast wrapper and passes on its `device`, `dtype` and `config`."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def config(self) -> FrozenDict: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 @dataclass
 class LossOutput:
@@ -55,7 +79,7 @@ class LossOutput:
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     model_pred: torch.Tensor | None = None
-    rem_output: Any = None
+    rem_output: RegionEmbedderOutput | None = None
     timesteps: torch.Tensor | None = None
 
 
@@ -131,13 +155,13 @@ def edit_loss(
     return (1 - cos).mean()
 
 
-def _alphas(scheduler: Any, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _alphas(scheduler: DDPMScheduler, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     a = scheduler.alphas_cumprod.to(device=like.device, dtype=torch.float32)[timesteps.to(like.device)]
     return a.view(-1, *([1] * (like.ndim - 1)))
 
 
 def predicted_x0(
-    noisy_latents: torch.Tensor, model_pred: torch.Tensor, timesteps: torch.Tensor, scheduler: Any
+    noisy_latents: torch.Tensor, model_pred: torch.Tensor, timesteps: torch.Tensor, scheduler: DDPMScheduler
 ) -> torch.Tensor:
     """The model's denoised estimate z0^ from z_t and its output, per the scheduler's prediction type."""
     kind = scheduler.config.prediction_type
@@ -190,7 +214,8 @@ def sample_conditioning_dropout(
 
 
 @torch.no_grad()
-def encode_null_prompt(tokenizer: Any, text_encoder: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_null_prompt(tokenizer: PreTrainedTokenizerBase,
+                       text_encoder: PreTrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
     """F_P and token mask of the empty prompt (1 x L x D, 1 x L): what text dropout puts in."""
     from referdiffusion.text import encode_prompts
 
@@ -216,11 +241,11 @@ def _require(batch: Mapping[str, Any], key: str, why: str) -> torch.Tensor:
 def compute_losses(
     batch: Mapping[str, Any],
     *,
-    unet: Any,
-    rem: Any | None,
-    noise_scheduler: Any,
-    text_encoder: Any | None = None,
-    vae: Any | None = None,
+    unet: UNetLike,
+    rem: torch.nn.Module | None,
+    noise_scheduler: DDPMScheduler,
+    text_encoder: PreTrainedModel | None = None,
+    vae: AutoencoderKL | None = None,
     config: LossConfig | None = None,
     generator: torch.Generator | None = None,
     null_prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -243,9 +268,10 @@ def compute_losses(
       from `generator`), and `drop_text`/`drop_image` (B bools, see `sample_conditioning_dropout`; dropping
       text needs `null_prompt` = `encode_null_prompt(tokenizer, text_encoder)`).
 
-    `rem=None` trains plain InstructPix2Pix (condition = F_P); L_mask and L_edit then must be off. The text
-    encoder runs without gradient unless `train_text_encoder` (InstructPix2Pix keeps it frozen); the VAE
-    always does. `scaling_factor` defaults to the VAE's.
+    `rem` is the `RegionEmbedder` (or its DDP / autocast wrapper); `rem=None` trains plain InstructPix2Pix
+    (condition = F_P); L_mask and L_edit then must be off. The text encoder runs without gradient unless
+    `train_text_encoder` (InstructPix2Pix keeps it frozen); the VAE always does. `scaling_factor` defaults
+    to the VAE's.
     """
     config = config or LossConfig()
     if rem is None and (config.enabled("mask") or config.enabled("edit")):

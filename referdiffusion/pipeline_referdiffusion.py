@@ -184,7 +184,8 @@ class ReferDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             latents = latents.to(device)
         return latents * self.scheduler.init_noise_sigma
 
-    def prepare_extra_step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
+    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None,
+                                  eta: float) -> dict[str, Any]:
         params = set(inspect.signature(self.scheduler.step).parameters)
         extra: dict[str, Any] = {}
         if "eta" in params:

@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
 Span = tuple[int, int]
 
 
-def fast_tokenizer(tokenizer: Any) -> Any:
+def fast_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerFast:
     """`tokenizer` itself when it is a fast tokenizer, else a `CLIPTokenizerFast` from the same files."""
     if getattr(tokenizer, "is_fast", False):
         return tokenizer
@@ -32,7 +35,8 @@ def fast_tokenizer(tokenizer: Any) -> Any:
         return CLIPTokenizerFast.from_pretrained(tmp)
 
 
-def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+             max_length: int | None = None) -> dict[str, torch.Tensor]:
     """`input_ids` and `attention_mask` (B x L), padded to `max_length` (the tokenizer's by default) and
     truncated as Stable Diffusion pipelines do."""
     enc = tokenizer(
@@ -46,7 +50,7 @@ def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int | None = No
 
 
 def spans_to_token_mask(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     spans: Sequence[Sequence[Span]],
     max_length: int | None = None,
@@ -64,7 +68,7 @@ def spans_to_token_mask(
         list(prompts), padding="max_length", max_length=length, truncation=True, return_offsets_mapping=True
     )
     out = torch.zeros(len(prompts), length)
-    for i, (offsets, sample_spans) in enumerate(zip(enc["offset_mapping"], spans)):
+    for i, (offsets, sample_spans) in enumerate(zip(enc["offset_mapping"], spans, strict=True)):
         for s, e in sample_spans:
             if not (0 <= s <= e <= len(prompts[i])):
                 raise ValueError(f"span [{s}, {e}) is outside prompt {i} of {len(prompts[i])} characters")
@@ -76,7 +80,10 @@ def spans_to_token_mask(
 
 @torch.no_grad()
 def encode_prompts(
-    tokenizer: Any, text_encoder: Any, prompts: Sequence[str], device: torch.device | str | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: PreTrainedModel,
+    prompts: Sequence[str],
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F_P, attention mask) for `prompts`: the text encoder's last hidden state, B x L x D, and B x L."""
     tokens = tokenize(tokenizer, prompts)

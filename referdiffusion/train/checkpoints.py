@@ -31,6 +31,7 @@ from referdiffusion.train.config import TrainConfig, config_to_dict, flat_dict
 if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
+    from diffusers import UNet2DConditionModel
     from diffusers.training_utils import EMAModel
 
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
@@ -149,7 +150,7 @@ def write_frozen(output_dir: Path, pipe: ReferDiffusionPipeline) -> None:
             getattr(pipe, name).save_pretrained(tmp / name)
 
 
-def _write_pipeline(output_dir: Path, folder: Path, unet: torch.nn.Module, rem: RegionEmbedder) -> None:
+def _write_pipeline(output_dir: Path, folder: Path, unet: UNet2DConditionModel, rem: RegionEmbedder) -> None:
     frozen = output_dir / FROZEN
     shutil.copy2(frozen / "model_index.json", folder / "model_index.json")
     for name in FROZEN_PARTS:
