@@ -21,10 +21,10 @@ _LAZY: dict[str, str] = {
 
 __all__ = list(_LAZY)
 
-if TYPE_CHECKING:
-    from referdiffusion.losses import LossConfig, compute_losses
-    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline, ReferDiffusionPipelineOutput
-    from referdiffusion.rem import RegionEmbedder, RegionEmbedderOutput
+if TYPE_CHECKING:  # the names of _LAZY, for type checkers (ruff cannot read __all__ = list(_LAZY))
+    from referdiffusion.losses import LossConfig, compute_losses  # noqa: F401
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline, ReferDiffusionPipelineOutput  # noqa: F401
+    from referdiffusion.rem import RegionEmbedder, RegionEmbedderOutput  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -18,8 +18,9 @@ COMMANDS: dict[str, str] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(COMMANDS, prog="referdiffusion",
-                          description="ReferDiffusion: InstructPix2Pix + Region-Embedder Module for referring image editing.")
+    parser = make_parser(
+        COMMANDS, prog="referdiffusion",
+        description="ReferDiffusion: InstructPix2Pix + Region-Embedder Module for referring image editing.")
     return run_cli(parser, argv)
 
 

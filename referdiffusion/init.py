@@ -172,7 +172,12 @@ def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None,
 
 
 def init_checkpoint(
-    name_or_dir: str, out: Path | str, *, seed: int = 0, overwrite: bool = False, rem_kwargs: dict[str, Any] | None = None
+    name_or_dir: str,
+    out: Path | str,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    rem_kwargs: dict[str, Any] | None = None,
 ) -> InitReport:
     """Write a ReferDiffusion checkpoint folder at `out` (unet, vae, text_encoder, tokenizer, scheduler,
     rem, model_index.json) from an InstructPix2Pix or Stable Diffusion 1.5 checkpoint."""

@@ -84,7 +84,8 @@ class ReferDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
     # ----------------------------------------------------------------------------------------
     # inputs
 
-    def _encode_text(self, texts: list[str], device: torch.device, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_text(self, texts: list[str], device: torch.device,
+                     max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
         mask = enc.attention_mask.to(device)
@@ -132,7 +133,8 @@ class ReferDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
                 uncond, device, prompt_embeds.shape[1]
             )
         elif negative_prompt_attention_mask is None:
-            negative_prompt_attention_mask = torch.ones(negative_prompt_embeds.shape[:2], dtype=torch.long, device=device)
+            negative_prompt_attention_mask = torch.ones(negative_prompt_embeds.shape[:2], dtype=torch.long,
+                                                        device=device)
         negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
         negative_prompt_attention_mask = negative_prompt_attention_mask.to(device)
         negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)

@@ -151,7 +151,8 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
         # F_s: latent -> (conv blocks) -> 1x1 conv to width D.
         if image_conv_layers > 0:
             layers: list[nn.Module] = [nn.Conv2d(latent_channels, image_hidden_channels, 3, padding=1)]
-            layers += [_ConvBlock(image_hidden_channels, _groups(image_hidden_channels)) for _ in range(image_conv_layers)]
+            layers += [_ConvBlock(image_hidden_channels, _groups(image_hidden_channels))
+                       for _ in range(image_conv_layers)]
             layers += [nn.GroupNorm(_groups(image_hidden_channels), image_hidden_channels), nn.SiLU(),
                        nn.Conv2d(image_hidden_channels, d, 1)]
             self.image_proj = nn.Sequential(*layers)

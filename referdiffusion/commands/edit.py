@@ -12,9 +12,11 @@ def register(sub) -> argparse.ArgumentParser:
         description="Run ReferDiffusionPipeline on one image; writes the edited image and, optionally, the "
                     "predicted mask of the referred object (white = object).",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="ReferDiffusion checkpoint folder (`referdiffusion init`)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="ReferDiffusion checkpoint folder (`referdiffusion init`)")
     p.add_argument("--image", required=True, metavar="IMG", help="source image")
-    p.add_argument("--prompt", required=True, metavar="P", help='instruction, e.g. "replace the cow on the left with a panda"')
+    p.add_argument("--prompt", required=True, metavar="P",
+                   help='instruction, e.g. "replace the cow on the left with a panda"')
     p.add_argument("--out", required=True, metavar="OUT.png", help="edited image to write")
     p.add_argument("--mask-out", metavar="M.png", help="write the predicted referred-object mask here")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")

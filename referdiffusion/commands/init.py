@@ -17,7 +17,8 @@ def register(sub) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--from", dest="source", required=True, metavar="NAME_OR_DIR",
-                   help="a checkpoint folder, or a model name (ip2p, sd15, tiny-ip2p, tiny-sd15; see `refcoco-edit models`)")
+                   help="a checkpoint folder, or a model name (ip2p, sd15, tiny-ip2p, tiny-sd15; "
+                        "see `refcoco-edit models`)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the REM's random initialisation (default 0)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")

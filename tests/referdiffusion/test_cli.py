@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from referdiffusion.cli import main
-
 from tests.referdiffusion import one_torch_thread  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)

@@ -23,7 +23,6 @@ from referdiffusion.losses import (  # noqa: E402
     sample_conditioning_dropout,
     soft_downsample,
 )
-
 from tests.referdiffusion import one_torch_thread  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)

@@ -13,7 +13,6 @@ pytest.importorskip("diffusers")
 
 from refcoco_edit.errors import InputError  # noqa: E402
 from referdiffusion.init import init_checkpoint, widen_conv_in  # noqa: E402
-
 from tests.referdiffusion import one_torch_thread  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
@@ -73,8 +72,8 @@ def test_checkpoint_layout(checkpoint):
 
 
 def test_round_trip_keeps_every_weight(checkpoint, pipe):
-    from referdiffusion.init import make_pipeline
     from refcoco_edit.models.resolver import resolve
+    from referdiffusion.init import make_pipeline
 
     fresh = make_pipeline(resolve("tiny-ip2p").source)
     assert type(pipe.rem).__name__ == "RegionEmbedder" and type(pipe.scheduler).__name__ == "DDIMScheduler"

@@ -10,7 +10,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from referdiffusion.rem import RegionEmbedder  # noqa: E402
-
 from tests.referdiffusion import one_torch_thread  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)

@@ -7,7 +7,6 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from referdiffusion.text import fast_tokenizer, spans_to_token_mask, tokenize  # noqa: E402
-
 from tests.referdiffusion import one_torch_thread  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)

@@ -22,7 +22,6 @@ from referdiffusion.train.data import (  # noqa: E402
     mask_to_tensor,
     open_dataset,
 )
-
 from tests.referdiffusion import one_torch_thread  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
