@@ -76,9 +76,17 @@ def build_app(ctx: AppContext):
 
 
 def launch(ctx: AppContext, *, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, block: bool = True,
-           quiet: bool = False) -> Any:
-    """Start the server; with `block=False` return the running Blocks (call `.close()` to stop)."""
-    from annotation_app.auth import StoreAuth
+           quiet: bool = False, session_ttl_s: float | None = None) -> Any:
+    """Start the server; with `block=False` return the running Blocks (call `.close()` to stop).
+
+    Sign-in goes through `auth.StoreAuth.sign_in` (hash off the event loop, failure limits), with
+    the client's address from `auth.ClientAddressMiddleware`; once the server runs, its token table
+    becomes a `sessions.SessionTokens` (expiry after `session_ttl_s`, default 12 h, and revocation).
+    """
+    from starlette.middleware import Middleware
+
+    from annotation_app.auth import ClientAddressMiddleware, StoreAuth
+    from annotation_app.sessions import DEFAULT_TTL_S, install
     from annotation_app.shortcuts import shortcuts_head
 
     if not ctx.store.list_users():
@@ -89,9 +97,16 @@ def launch(ctx: AppContext, *, host: str = DEFAULT_HOST, port: int | None = DEFA
     demo = build_app(ctx)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines; put it behind HTTPS", host)
-    demo.launch(server_name=host, server_port=port, auth=StoreAuth(ctx.store),
-                auth_message="Sign in with your RefCOCO-Edit account.", prevent_thread_lock=not block,
+    auth = StoreAuth(ctx.store)
+    demo.launch(server_name=host, server_port=port, auth=auth.sign_in,
+                auth_message="Sign in with your RefCOCO-Edit account.", prevent_thread_lock=True,
                 max_file_size=ctx.config.max_upload_bytes, show_error=True, quiet=quiet, ssr_mode=False,
                 enable_monitoring=False, mcp_server=False, run_history=False, footer_links=["api", "settings"],
-                head=shortcuts_head(), css=CSS)
+                head=shortcuts_head(), css=CSS, app_kwargs={"middleware": [Middleware(ClientAddressMiddleware)]})
+    install(demo.server_app, ctx.store, ttl_s=DEFAULT_TTL_S if session_ttl_s is None else session_ttl_s)
+    if block:
+        try:
+            demo.block_thread()
+        finally:
+            auth.close()
     return demo

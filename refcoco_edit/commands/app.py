@@ -3,12 +3,18 @@
     refcoco-edit app --store work/refcoco-edit.sqlite [--host 127.0.0.1] [--port 7860] [--refcoco sample]
     refcoco-edit app users add NAME --role annotator|reviewer|admin --store PATH [--password-file F]
     refcoco-edit app users list|passwd|import ... --store PATH
+    refcoco-edit app users disable|enable|remove NAME --store PATH
     refcoco-edit app study add MANIFEST --store PATH
     refcoco-edit app study export --store PATH [--out FILE]
 
 Passwords come from `--password-file` (its first line), else from a prompt (asked twice) when stdin
 is a terminal, else from the first line of stdin; never from the command line, where other users of
 the machine could read them. The server listens on loopback unless `--host` says otherwise.
+
+A password change, `disable` or `remove` ends the account's sign-in sessions at their next request,
+also in a server that is running; sessions expire after `--session-hours` anyway. `remove` deletes the
+account and its claims on work but keeps what it did: samples keep their annotator and reviewer
+names, and reviews and the audit log keep every entry (`disable` keeps the account for later).
 """
 
 from __future__ import annotations
@@ -53,13 +59,15 @@ def register(sub) -> argparse.ArgumentParser:
                         "nothing, a power cut may lose the last seconds of work")
     m.add_argument("--ttl-minutes", type=float, default=30.0,
                    help="an untouched claim on a ref expires after this long (default 30)")
+    m.add_argument("--session-hours", type=float, default=12.0,
+                   help="a sign-in session ends after this long (default 12)")
     m.add_argument("--llm-base-url", metavar="URL", help="OpenAI-compatible endpoint for rephrasings")
     m.add_argument("--llm-model", metavar="NAME", help="LLM for rephrasings (default: the offline rephraser "
                                                        "unless an endpoint is set)")
 
     sub2 = p.add_subparsers(dest="app_command", metavar="{users,study}")
     users = sub2.add_parser("users", help="add, list, change or import sign-in accounts")
-    u = users.add_subparsers(dest="users_command", metavar="{add,list,passwd,import}")
+    u = users.add_subparsers(dest="users_command", metavar="{add,list,passwd,import,disable,enable,remove}")
     u.required = True
     add = u.add_parser("add", help="add an account")
     add.add_argument("name")
@@ -72,6 +80,12 @@ def register(sub) -> argparse.ArgumentParser:
     pw.add_argument("name")
     pw.add_argument("--password-file", type=Path, metavar="FILE")
     _store_arg(pw)
+    for name, text in (("disable", "disable an account: no sign-in, its sessions end, its claims are released"),
+                       ("enable", "enable a disabled account again"),
+                       ("remove", "delete an account (its samples, reviews and audit entries stay)")):
+        sp = u.add_parser(name, help=text)
+        sp.add_argument("name")
+        _store_arg(sp)
     imp = u.add_parser("import", help="add accounts from a YAML/JSON list of {name, role, password_file}")
     imp.add_argument("file", type=Path)
     _store_arg(imp)
@@ -107,9 +121,16 @@ def _users(args: argparse.Namespace) -> int:
         elif args.users_command == "passwd":
             store.set_password(args.name, read_password(args.password_file), user="cli")
             print(f"password of {args.name} changed")
+        elif args.users_command in ("disable", "enable"):
+            store.set_disabled(args.name, args.users_command == "disable", user="cli")
+            print(f"{args.name} {args.users_command}d")
+        elif args.users_command == "remove":
+            store.remove_user(args.name, user="cli")
+            print(f"removed {args.name} (their samples, reviews and audit entries stay)")
         elif args.users_command == "list":
             for u in store.list_users():
-                print(f"{u.name}\t{u.role}\t{'password set' if u.has_password else 'no password'}\t{u.created_at}")
+                state = "disabled" if u.disabled else ("password set" if u.has_password else "no password")
+                print(f"{u.name}\t{u.role}\t{state}\t{u.created_at}")
         elif args.users_command == "import":
             for name, role in import_users(store, args.file):
                 print(f"added {name} ({role})")
@@ -143,8 +164,8 @@ def config_from_args(args: argparse.Namespace):
     from refcoco_edit.text.llm import LLMSettings, llm_configured
     from refcoco_edit.models.resolver import parse_model_overrides
 
-    if args.steps < 1 or args.max_candidates < 1 or args.ttl_minutes <= 0:
-        raise InputError("--steps, --max-candidates and --ttl-minutes must be positive")
+    if args.steps < 1 or args.max_candidates < 1 or args.ttl_minutes <= 0 or args.session_hours <= 0:
+        raise InputError("--steps, --max-candidates, --ttl-minutes and --session-hours must be positive")
     llm = None
     if llm_configured(args.llm_base_url, args.llm_model):
         llm = LLMSettings(base_url=args.llm_base_url, **({"model": args.llm_model} if args.llm_model else {}))
@@ -171,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = AppContext(config)
     try:
         print(f"serving the annotation app for {config.store_path} on http://{args.host}:{args.port}", flush=True)
-        launch(ctx, host=args.host, port=args.port, block=True)
+        launch(ctx, host=args.host, port=args.port, block=True, session_ttl_s=args.session_hours * 3600.0)
     finally:
         ctx.close()
     return 0

@@ -56,9 +56,22 @@ JSON_FIELDS = ("referring_spans", "edit_spans", "generation")
 # Sample fields a change may touch; ids of the row itself and its timestamps are the store's.
 CHANGEABLE = tuple(n for n in Sample.field_names() if n not in ("sample_id", "created_at", "updated_at"))
 FILTERS = ("status", "split", "edit_type", "pipeline", "annotator")
+MAX_USER_NAME = 64
 PAGE = 256
 
 
+
+
+def user_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be an account name (None when it can): a non-empty string of at most
+    MAX_USER_NAME printable characters without surrounding spaces."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        return f"bad user name {name!r}"
+    if len(name) > MAX_USER_NAME:
+        return f"user name of {len(name)} characters (at most {MAX_USER_NAME})"
+    if not name.isprintable():
+        return f"user name {name!r} has unprintable characters"
+    return None
 
 
 def key_sample_id(key: str) -> str:
@@ -107,10 +120,20 @@ class Review:
 
 @dataclass
 class User:
+    """An account. `sessions_valid_from` (seconds since the epoch): sign-in sessions begun earlier
+    are void; it moves forward when the password changes or the account is disabled."""
+
     name: str
     role: str
     created_at: str
     has_password: bool = False
+    disabled: bool = False
+    sessions_valid_from: float = 0.0
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> "User":
+        return cls(r["name"], r["role"], r["created_at"], r["password_hash"] is not None, bool(r["disabled"]),
+                   float(r["sessions_valid_from"]))
 
 
 @dataclass
@@ -578,8 +601,9 @@ class Store:
         """Create an account (`password=None`: it cannot log in, e.g. a build bot)."""
         if role not in ROLES:
             raise InputError(f"role {role!r} is not one of {', '.join(ROLES)}")
-        if not name or name != name.strip():
-            raise InputError(f"bad user name {name!r}")
+        problem = user_name_problem(name)
+        if problem:
+            raise InputError(problem)
         pw = hash_password(password) if password is not None else None
         stamp = now_iso()
         with self._tx():
@@ -593,32 +617,57 @@ class Store:
 
     @_locked
     def set_password(self, name: str, password: str, *, user: str = "admin") -> None:
+        """Set `name`'s password; their sign-in sessions begun before now stop working."""
         pw = hash_password(password)
         with self._tx():
-            if self._conn.execute("UPDATE users SET password_hash = ? WHERE name = ?", (pw, name)).rowcount != 1:
+            if self._conn.execute("UPDATE users SET password_hash = ?, sessions_valid_from = ? WHERE name = ?",
+                                  (pw, time.time(), name)).rowcount != 1:
                 raise NotFoundError(f"no user {name!r}")
             self._audit(user, "set_password", None, {"name": name})
 
     @_locked
+    def set_disabled(self, name: str, disabled: bool, *, user: str = "admin") -> None:
+        """Disable (or enable again) an account: a disabled one cannot sign in, its sessions end at
+        their next request, and its claims on work are released."""
+        with self._tx():
+            sql = "UPDATE users SET disabled = ?" + (", sessions_valid_from = ?" if disabled else "") + " WHERE name = ?"
+            params = (1, time.time(), name) if disabled else (0, name)
+            if self._conn.execute(sql, params).rowcount != 1:
+                raise NotFoundError(f"no user {name!r}")
+            if disabled:
+                self._conn.execute("DELETE FROM assignments WHERE user = ?", (name,))
+            self._audit(user, "disable_user" if disabled else "enable_user", None, {"name": name})
+
+    @_locked
+    def remove_user(self, name: str, *, user: str = "admin") -> None:
+        """Delete an account and its claims on work. What it did stays: samples keep their
+        annotator and reviewer names, reviews and the audit log keep every entry."""
+        with self._tx():
+            if self._conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount != 1:
+                raise NotFoundError(f"no user {name!r}")
+            self._conn.execute("DELETE FROM assignments WHERE user = ?", (name,))
+            self._audit(user, "remove_user", None, {"name": name})
+
+    @_locked
     def get_user(self, name: str) -> User | None:
         r = self._conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
-        return None if r is None else User(r["name"], r["role"], r["created_at"], r["password_hash"] is not None)
+        return None if r is None else User.from_row(r)
 
     @_locked
     def list_users(self) -> list[User]:
-        return [User(r["name"], r["role"], r["created_at"], r["password_hash"] is not None)
-                for r in self._conn.execute("SELECT * FROM users ORDER BY name")]
+        return [User.from_row(r) for r in self._conn.execute("SELECT * FROM users ORDER BY name")]
 
     def verify_user(self, name: str, password: str) -> User | None:
-        """The user when `password` is theirs, else None (same answer for unknown names)."""
+        """The user when `password` is theirs and the account is enabled, else None (same answer,
+        and the same time spent, for unknown names)."""
         with self._lock:
             r = self._conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
         stored = r["password_hash"] if r is not None else None
         # Spend the same time on unknown users, so timing does not reveal which names exist.
         ok = verify_password(password, stored or _dummy_hash())
-        if r is None or stored is None or not ok:
+        if r is None or stored is None or not ok or r["disabled"]:
             return None
-        return User(r["name"], r["role"], r["created_at"], True)
+        return User.from_row(r)
 
     # ------------------------------------------------------------------ assignments (the app's queue)
     @_locked

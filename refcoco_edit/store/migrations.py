@@ -113,7 +113,17 @@ def _v2_failures_assignments(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_base, _v2_failures_assignments)
+def _v3_user_sessions(conn: sqlite3.Connection) -> None:
+    """Accounts that can be disabled, and a time before which their sign-in sessions are void
+    (set when the password changes or the account is disabled)."""
+    for sql in (
+        "ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN sessions_valid_from REAL NOT NULL DEFAULT 0",
+    ):
+        conn.execute(sql)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_base, _v2_failures_assignments, _v3_user_sessions)
 LATEST = len(MIGRATIONS)
 
 
