@@ -137,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(("ok" if report["ok"] else "DAMAGED") + f": integrity {', '.join(report['integrity'])}; "
                       f"{len(report['missing_blobs'])} missing and {len(report['corrupt_blobs'])} corrupt images; "
-                      f"{report['unreferenced_blobs']} unreferenced images; {report['temp_files']} temporary files")
+                      f"{report['unreferenced_blobs']} unreferenced images; {report['temp_files']} temporary files; "
+                      f"{len(report['invalid_rows'])} rows breaking the store's rules")
+                for line in report["invalid_rows"]:
+                    print(f"  {line}")
             return 0 if report["ok"] else 1
     return 0

@@ -38,9 +38,9 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-from refcoco_edit.errors import InputError
-from refcoco_edit.schema import EDIT_TYPES, IMAGE_FIELDS, MASK_FIELDS, PIPELINES, STATUSES, Sample, validate
-from refcoco_edit.store import rle
+from refcoco_edit.errors import DataError, InputError, RefcocoEditError
+from refcoco_edit.schema import IMAGE_FIELDS, MASK_FIELDS, Sample, validate
+from refcoco_edit.store import rle, rules
 from refcoco_edit.store.blobs import BlobStore
 from refcoco_edit.store.encoding import dumps, now_iso
 from refcoco_edit.store.errors import ConflictError, DuplicateKeyError, NotFoundError, StoreError
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 ROLES: tuple[str, ...] = ("annotator", "reviewer", "admin")
 DECISIONS: dict[str, str] = {"accept": "accepted", "reject": "rejected", "send_back": "draft"}
-VALIDATED_STATUSES = ("candidate", "accepted")
+VALIDATED_STATUSES = rules.VALIDATED_STATUSES
 JSON_FIELDS = ("referring_spans", "edit_spans", "generation")
 # Sample fields a change may touch; ids of the row itself and its timestamps are the store's.
 CHANGEABLE = tuple(n for n in Sample.field_names() if n not in ("sample_id", "created_at", "updated_at"))
@@ -268,18 +268,22 @@ class Store:
         return cols
 
     def _sample_from_row(self, row: Any, images: bool = True) -> Sample:
+        """The row as a `Sample`; a column that does not decode raises a `DataError` naming the sample."""
         get = row.__getitem__
         kwargs: dict[str, Any] = {}
         for name in Sample.field_names():
             value = get(name)
-            if name in IMAGE_FIELDS:
-                kwargs[name] = self.blobs.get(value) if (images and value) else None
-            elif name in MASK_FIELDS:
-                kwargs[name] = rle.from_json(value)
-            elif name in JSON_FIELDS:
-                kwargs[name] = json.loads(value)
-            else:
-                kwargs[name] = value
+            try:
+                if name in IMAGE_FIELDS:
+                    kwargs[name] = self.blobs.get(value) if (images and value) else None
+                elif name in MASK_FIELDS:
+                    kwargs[name] = rle.from_json(value)
+                elif name in JSON_FIELDS:
+                    kwargs[name] = json.loads(value)
+                else:
+                    kwargs[name] = value
+            except (RefcocoEditError, TypeError, ValueError) as exc:
+                raise DataError(f"sample {get('sample_id')}: {name}: {exc}") from None
         return Sample(**kwargs)
 
     def _record(self, row: sqlite3.Row, images: bool = True) -> Record:
@@ -288,12 +292,9 @@ class Store:
 
     @staticmethod
     def _check_enums(values: dict[str, Any]) -> None:
-        if "status" in values and values["status"] not in STATUSES:
-            raise InputError(f"status {values['status']!r} is not one of {', '.join(STATUSES)}")
-        if values.get("edit_type") not in (None, "", *EDIT_TYPES):
-            raise InputError(f"edit_type {values['edit_type']!r} is not one of {', '.join(EDIT_TYPES)}")
-        if "pipeline" in values and values["pipeline"] not in PIPELINES:
-            raise InputError(f"pipeline {values['pipeline']!r} is not one of {', '.join(PIPELINES)}")
+        problems = rules.enum_problems(values)
+        if problems:
+            raise InputError(problems[0])
 
     @staticmethod
     def _require_valid(sample: Sample) -> None:
@@ -723,7 +724,8 @@ class Store:
     @_locked
     def check(self, *, verify_blobs: bool = False) -> dict:
         """Consistency report: SQLite integrity, foreign keys, images rows refer to that are missing
-        (or, with `verify_blobs`, whose pixels do not match their name), unreferenced images, stray
+        (or, with `verify_blobs`, whose pixels do not match their name), rows that break the store's
+        rules (`rules.invalid_rows`, e.g. let in by an older import), unreferenced images, stray
         temporary files. `ok` is False when anything committed is damaged."""
         q = self._conn.execute
         integrity = [r[0] for r in q("PRAGMA integrity_check")]
@@ -735,9 +737,11 @@ class Store:
         corrupt = sorted(h for h in referenced - set(missing) if not self.blobs.verify(h)) if verify_blobs else []
         stored = set(self.blobs.all_hashes())
         temp = sum(1 for _ in self.blobs.tmp.iterdir()) if self.blobs.tmp.is_dir() else 0
-        ok = integrity == ["ok"] and not fk and not missing and not corrupt
+        invalid = list(rules.invalid_rows(self))
+        ok = integrity == ["ok"] and not fk and not missing and not corrupt and not invalid
         return {"ok": ok, "integrity": integrity, "foreign_key_violations": len(fk), "missing_blobs": missing,
-                "corrupt_blobs": corrupt, "unreferenced_blobs": len(stored - referenced), "temp_files": temp}
+                "corrupt_blobs": corrupt, "unreferenced_blobs": len(stored - referenced), "temp_files": temp,
+                "invalid_rows": invalid}
 
     def dump(self, path: Path | str) -> dict:
         """Write a full, restorable backup (JSON lines, images embedded; gzip when the name ends .gz)."""

@@ -32,6 +32,7 @@ from refcoco_edit.io import atomic_path
 from refcoco_edit.store.encoding import dumps, now_iso
 from refcoco_edit.store.errors import DumpError
 from refcoco_edit.store.migrations import LATEST, read_version
+from refcoco_edit.store.rules import invalid_rows
 
 if TYPE_CHECKING:
     from refcoco_edit.store.db import Store
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "refcoco-edit-store-dump"
 FORMAT_VERSION = 1
+MAX_NAMED_ROWS = 20  # invalid rows named in a refusal
 
 # table -> (record type, primary key, JSON columns, order)
 TABLES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
@@ -148,7 +150,9 @@ def import_dump(store: "Store", path: Path, user: str) -> dict:
 
     Three passes: the file's structure and end-line counts (so a truncated file writes nothing), the
     images (checked against their names, written outside any transaction so other writers are not
-    held up), then every row in one transaction: all or nothing.
+    held up), then every row in one transaction: all or nothing. The rows added are checked against
+    the rules the store applies to its own writes (`rules.py`) before the commit; one that breaks
+    them and the whole dump is refused, naming the rows.
     """
     conn = store._conn
     columns = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in TABLES}
@@ -167,6 +171,7 @@ def import_dump(store: "Store", path: Path, user: str) -> dict:
             store.blobs.put_png(digest, data)
             added["blob"] += 1
     imported_samples: set[str] = set()
+    imported: dict[str, set] = {}
     with store._tx():
         for lineno, kind, rec in _read_records(path, skip_blobs=True):
             if kind == "blob":
@@ -178,13 +183,20 @@ def import_dump(store: "Store", path: Path, user: str) -> dict:
             if unknown:
                 raise DumpError(f"{path}:{lineno}: {kind} has columns this store lacks: {', '.join(sorted(unknown))}")
             try:
-                ok = _import_row(conn, table, rec, imported_samples)
-            except (KeyError, sqlite3.IntegrityError) as exc:
+                name = _import_row(conn, table, rec, imported_samples)
+            except (KeyError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
                 raise DumpError(f"{path}:{lineno}: bad {kind} record ({exc})") from None
-            if ok:
+            if name is not None:
                 added[kind] += 1
+                imported.setdefault(table, set()).add(name)
             else:
                 skipped[kind] += 1
+        invalid = list(invalid_rows(store, imported))
+        if invalid:
+            shown = "; ".join(invalid[:MAX_NAMED_ROWS]) + (f" (and {len(invalid) - MAX_NAMED_ROWS} more)"
+                                                          if len(invalid) > MAX_NAMED_ROWS else "")
+            raise DumpError(f"{path}: refused, {len(invalid)} row(s) break the store's rules, nothing was "
+                            f"imported: {shown}")
         missing = sorted({d for (d,) in conn.execute(BLOB_QUERY) if not store.blobs.exists(d)})
         if missing:
             log.warning("%d image(s) that rows refer to are in neither %s nor the store", len(missing), path)
@@ -200,34 +212,35 @@ def _check_header(path: Path, kind: str, rec: dict) -> None:
                         f"this one reads up to {LATEST}); upgrade to import it")
 
 
-def _import_row(conn: Any, table: str, rec: dict, imported_samples: set[str]) -> bool:
-    """Insert one dumped row unless it is already here (or belongs to a sample that was skipped)."""
+def _import_row(conn: Any, table: str, rec: dict, imported_samples: set[str]) -> Any:
+    """Insert one dumped row unless it is already here (or belongs to a sample that was skipped); the
+    inserted row's name (`rules.NAMES`), or None when skipped."""
     _kind, pk, json_cols, _order = TABLES[table]
     values = {k: (dumps(v) if k in json_cols and v is not None else v) for k, v in rec.items()}
     exists = lambda sql, params: conn.execute(sql, params).fetchone() is not None  # noqa: E731
     if table == "samples":
         if exists("SELECT 1 FROM samples WHERE sample_id = ?", (values["sample_id"],)) or (
                 values.get("key") is not None and exists("SELECT 1 FROM samples WHERE key = ?", (values["key"],))):
-            return False
+            return None
         imported_samples.add(values["sample_id"])
     elif table in ("candidates", "reviews"):
         if values.get("sample_id") not in imported_samples:
-            return False
+            return None
     elif table == "audit":
         sid = values.get("sample_id")
         if sid is not None and sid not in imported_samples:
-            return False
+            return None
         if sid is None and exists("SELECT 1 FROM audit WHERE sample_id IS NULL AND ts = ? AND user = ? AND "
                                   "action = ? AND diff = ?",
                                   (values["ts"], values["user"], values["action"], values["diff"])):
-            return False
+            return None
     elif exists(f"SELECT 1 FROM {table} WHERE {pk} = ?", (values[pk],)):  # users, assignments
-        return False
+        return None
     if pk.endswith("_id") and table != "samples":
         # keep the dumped row id when it is free here (an exact restore), else take a new one
         if exists(f"SELECT 1 FROM {table} WHERE {pk} = ?", (values[pk],)):
             values.pop(pk)
     names = list(values)
-    conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                 list(values.values()))
-    return True
+    cur = conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                       list(values.values()))
+    return values[pk] if pk in values else cur.lastrowid
