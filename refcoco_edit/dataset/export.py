@@ -20,8 +20,9 @@ Why it is built this way:
 - All or nothing: everything is written into a temporary folder beside DIR and renamed into place at
   the end. Every row is checked with `schema.validate` before it is written; one bad row and the
   export refuses (naming every bad row and why) and leaves no half dataset behind. An exception
-  removes the temporary folder; a killed process may leave it (`<name>.export-tmp-*`), never a
-  partial DIR.
+  removes the temporary folder; a killed process may leave it (`<name>.export-tmp-<pid>-*`), never a
+  partial DIR, and the next export of DIR removes it or, when the kill fell between the two renames
+  of an overwrite, puts the old dataset back (`recover`).
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class DatasetWriter:
         self.save_to_disk = save_to_disk
         self.features = features()
         self.schema = self.features.arrow_schema
+        recover(self.out)
         _check_target(self.out, overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.parent / f"{self.out.name}.export-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -341,7 +343,7 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
     _check_target(out, overwrite)
     old = None
     if out.is_dir():
-        old = out.parent / f"{out.name}.export-old-{uuid.uuid4().hex[:8]}"
+        old = out.parent / f"{out.name}.export-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)
     try:
         os.replace(tmp, out)
@@ -351,6 +353,49 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether process `pid` still runs (None: a name from before pids were recorded, taken as gone)."""
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def recover(out: Path) -> list[str]:
+    """Finish or roll back what killed exports of `out` left beside it; what was done, one line each.
+
+    A process killed while writing leaves `<out>.export-tmp-<pid>-*` (removed once that process is
+    gone); one killed between the two renames of an overwrite leaves the old export at
+    `<out>.export-old-<pid>-*` and no `out`: the old export is renamed back (then the unfinished
+    folder is removed as above). An old export whose replacement is in place is removed.
+    """
+    out = Path(out)
+    pattern = re.compile(re.escape(out.name) + r"\.export-(tmp|old)-(?:(\d+)-)?[0-9a-f]{8}")
+    done = []
+    if not out.parent.is_dir():
+        return done
+    leftovers = sorted((m[1] != "old", p, m) for p in out.parent.iterdir() if (m := pattern.fullmatch(p.name)))
+    for _tmp_first, path, m in leftovers:
+        if (m[1] == "tmp" and m[2] is None) or _alive(int(m[2]) if m[2] else None):
+            continue
+        if m[1] == "old" and not out.exists():
+            os.replace(path, out)
+            done.append(f"restored {out} from {path.name}, left by a killed export")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path.name}, left by a killed export")
+    for line in done:
+        log.warning(line)
+    return done
 
 
 # ---------------------------------------------------------------------------- from the store

@@ -381,3 +381,67 @@ def test_writer_refuses_bad_split_names(tmp_path: Path) -> None:
         with pytest.raises(ExportRefusedError, match="x1"):
             w.finish()
     assert not (tmp_path / "ds").exists()
+
+
+# A child process that exports and SIGKILLs itself at a chosen point: "rows" (the temporary folder is
+# half written) or "between-renames" (the old export moved aside, the new one not yet in place).
+_KILLED_EXPORT = """
+import os, signal, sys
+from refcoco_edit.dataset import export
+store, out, point = sys.argv[1:4]
+if point == "rows":
+    real_add = export.DatasetWriter.add
+    def add(self, *a, **k):
+        real_add(self, *a, **k)
+        os.kill(os.getpid(), signal.SIGKILL)
+    export.DatasetWriter.add = add
+else:
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        if ".export-old-" in str(dst):
+            os.kill(os.getpid(), signal.SIGKILL)
+    export.os.replace = replace
+export.export_store(store, out, overwrite=True, save_to_disk=False)
+"""
+
+
+def _killed_export(store_path: Path, out: Path, point: str) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(store_path), str(out), point], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+
+
+def test_a_rerun_cleans_up_after_killed_exports(tmp_path: Path, store_path: Path) -> None:
+    import signal  # noqa: F401 - the child uses SIGKILL; POSIX only
+
+    out = tmp_path / "ds"
+    export_store(store_path, out, save_to_disk=False)
+    first = sorted(p.name for p in (out / "data").iterdir())
+    _killed_export(store_path, out, "rows")
+    assert [p.name for p in tmp_path.glob("ds.export-tmp-*")] and out.is_dir()
+    _killed_export(store_path, out, "between-renames")
+    assert not out.exists() and [p.name for p in tmp_path.glob("ds.export-old-*")]  # the hole being fixed
+    from refcoco_edit.dataset.export import recover
+
+    done = recover(out)
+    assert out.is_dir() and sorted(p.name for p in (out / "data").iterdir()) == first  # the old export is back
+    assert not list(tmp_path.glob("ds.export-*")) and any(line.startswith("restored") for line in done)
+    _killed_export(store_path, out, "rows")
+    export_store(store_path, out, overwrite=True, save_to_disk=False)  # a plain rerun recovers by itself
+    assert not list(tmp_path.glob("ds.export-*")) and (out / "README.md").is_file()
+
+
+def test_recover_leaves_a_running_export_alone(tmp_path: Path) -> None:
+    import os
+
+    from refcoco_edit.dataset.export import recover
+
+    mine = tmp_path / f"ds.export-tmp-{os.getpid()}-0123abcd"
+    mine.mkdir()
+    (tmp_path / "ds.export-tmp-notapid").mkdir()  # not a name an export makes
+    assert recover(tmp_path / "ds") == [] and mine.is_dir()
