@@ -27,7 +27,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re

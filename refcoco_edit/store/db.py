@@ -631,9 +631,12 @@ class Store:
         """Disable (or enable again) an account: a disabled one cannot sign in, its sessions end at
         their next request, and its claims on work are released."""
         with self._tx():
-            sql = "UPDATE users SET disabled = ?" + (", sessions_valid_from = ?" if disabled else "") + " WHERE name = ?"
-            params = (1, time.time(), name) if disabled else (0, name)
-            if self._conn.execute(sql, params).rowcount != 1:
+            if disabled:
+                cur = self._conn.execute("UPDATE users SET disabled = 1, sessions_valid_from = ? WHERE name = ?",
+                                         (time.time(), name))
+            else:
+                cur = self._conn.execute("UPDATE users SET disabled = 0 WHERE name = ?", (name,))
+            if cur.rowcount != 1:
                 raise NotFoundError(f"no user {name!r}")
             if disabled:
                 self._conn.execute("DELETE FROM assignments WHERE user = ?", (name,))

@@ -183,10 +183,11 @@ def import_dump(store: "Store", path: Path, user: str) -> dict:
             if unknown:
                 raise DumpError(f"{path}:{lineno}: {kind} has columns this store lacks: {', '.join(sorted(unknown))}")
             try:
-                name = _import_row(conn, table, rec, imported_samples)
-            except (KeyError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
+                ok, name = _import_row(conn, table, rec, imported_samples)
+            except (KeyError, TypeError, sqlite3.IntegrityError, sqlite3.InterfaceError,
+                    sqlite3.ProgrammingError) as exc:
                 raise DumpError(f"{path}:{lineno}: bad {kind} record ({exc})") from None
-            if name is not None:
+            if ok:
                 added[kind] += 1
                 imported.setdefault(table, set()).add(name)
             else:
@@ -212,30 +213,30 @@ def _check_header(path: Path, kind: str, rec: dict) -> None:
                         f"this one reads up to {LATEST}); upgrade to import it")
 
 
-def _import_row(conn: Any, table: str, rec: dict, imported_samples: set[str]) -> Any:
-    """Insert one dumped row unless it is already here (or belongs to a sample that was skipped); the
-    inserted row's name (`rules.NAMES`), or None when skipped."""
+def _import_row(conn: Any, table: str, rec: dict, imported_samples: set[str]) -> tuple[bool, Any]:
+    """Insert one dumped row unless it is already here (or belongs to a sample that was skipped):
+    (inserted?, the inserted row's name as `rules.NAMES` gives it)."""
     _kind, pk, json_cols, _order = TABLES[table]
     values = {k: (dumps(v) if k in json_cols and v is not None else v) for k, v in rec.items()}
     exists = lambda sql, params: conn.execute(sql, params).fetchone() is not None  # noqa: E731
     if table == "samples":
         if exists("SELECT 1 FROM samples WHERE sample_id = ?", (values["sample_id"],)) or (
                 values.get("key") is not None and exists("SELECT 1 FROM samples WHERE key = ?", (values["key"],))):
-            return None
+            return False, None
         imported_samples.add(values["sample_id"])
     elif table in ("candidates", "reviews"):
         if values.get("sample_id") not in imported_samples:
-            return None
+            return False, None
     elif table == "audit":
         sid = values.get("sample_id")
         if sid is not None and sid not in imported_samples:
-            return None
+            return False, None
         if sid is None and exists("SELECT 1 FROM audit WHERE sample_id IS NULL AND ts = ? AND user = ? AND "
                                   "action = ? AND diff = ?",
                                   (values["ts"], values["user"], values["action"], values["diff"])):
-            return None
+            return False, None
     elif exists(f"SELECT 1 FROM {table} WHERE {pk} = ?", (values[pk],)):  # users, assignments
-        return None
+        return False, None
     if pk.endswith("_id") and table != "samples":
         # keep the dumped row id when it is free here (an exact restore), else take a new one
         if exists(f"SELECT 1 FROM {table} WHERE {pk} = ?", (values[pk],)):
@@ -243,4 +244,4 @@ def _import_row(conn: Any, table: str, rec: dict, imported_samples: set[str]) ->
     names = list(values)
     cur = conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                        list(values.values()))
-    return values[pk] if pk in values else cur.lastrowid
+    return True, (values[pk] if pk in values else cur.lastrowid)

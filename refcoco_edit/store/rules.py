@@ -90,6 +90,8 @@ def sample_problems(store: Store, row: Any) -> list[str]:
     from refcoco_edit.imaging.files import open_image
 
     problems = enum_problems({k: row[k] for k in ("status", "edit_type", "pipeline")})
+    if not isinstance(row["sample_id"], str) or not row["sample_id"]:
+        problems.append(f"sample_id {row['sample_id']!r} is not a non-empty string")
     if not _is_int(row["version"]) or row["version"] < 1:
         problems.append(f"version {row['version']!r} is not a positive integer")
     problems += [f"{k} {row[k]!r} is not an integer" for k in ("image_id", "ref_id", "ann_id") if not _is_int(row[k])]

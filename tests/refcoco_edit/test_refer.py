@@ -361,7 +361,7 @@ def test_crafted_instances_sizes_are_refused_before_pycocotools(tmp_path: Path) 
         data.ann_mask(10)
     for w, h, match in ((60.5, 40, "not an integer"), ("60", 40, "not an integer"), (0, 40, "outside the limits"),
                         (16384, 16384, "over the limit of")):
-        _rewrite_instances(root, lambda inst: inst["images"][0].update(width=w, height=h))
+        _rewrite_instances(root, lambda inst, w=w, h=h: inst["images"][0].update(width=w, height=h))
         with pytest.raises(DataError, match=f"annotation 10: .*{match}"):
             RefCOCO.load(root).ann_mask(10)
     with pytest.raises(DataError, match="more runs than the image has pixels"):
