@@ -140,7 +140,7 @@ class StoreAuth:
     in the calling thread (scripts and tests)."""
 
     def __init__(self, store: Store, *, max_failures: int = 5, window_s: float = 60.0, per_address: int = 50,
-                 global_failures: int = 1000, max_tracked: int = 10_000, workers: int = 2, max_pending: int = 16,
+                 global_failures: int = 1000, max_tracked: int = 10_000, workers: int = 1, max_pending: int = 8,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.window_s = window_s
