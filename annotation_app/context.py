@@ -140,7 +140,7 @@ class AppContext:
             out = {}
             path = Path(self.config.candidates_file)
             try:
-                for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                for _n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                     if line.strip():
                         d = json.loads(line)
                         out[int(d["ref_id"])] = Candidate(**d)

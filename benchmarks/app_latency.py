@@ -12,8 +12,9 @@ as its own account, repeat:
 and the wall time of each call is recorded. Calls go to `POST /gradio_api/run/<action>` with the
 session's cookie and hash, the route the page uses for these actions (they are not queued); images
 come back as file references, which a browser fetches in parallel, outside the action's round trip.
-A refused call (another user took the object meanwhile) is counted apart and not timed. The first round of every user is a warm-up and is not
-counted. Prints p50 / p95 / max per action and whether p95 is under the target (300 ms).
+A refused call (another user took the object meanwhile) is counted apart and not timed.
+The first round of every user is a warm-up and is not counted. Prints p50 / p95 / max
+per action and whether p95 is under the target (300 ms).
 
     python benchmarks/app_latency.py --login-flood 6
 
@@ -60,10 +61,10 @@ def prepare_store(path: Path, users: int, samples: int) -> None:
     another account, so that every accept has a sample to accept."""
     import numpy as np
 
-    from refcoco_edit.text.prompts import prompt_for_ref
     from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.schema import Sample
     from refcoco_edit.store import Store
+    from refcoco_edit.text.prompts import prompt_for_ref
 
     data = RefCOCO.load("sample")
     refs = data.ref_ids()

@@ -132,7 +132,9 @@ def batched(name: str, batch_size: int) -> Callable[[list[MetricInput]], list[fl
     return run
 
 
-def time_best(fn: Callable[[object], list[float]], setup: Callable[[], object], repeat: int) -> tuple[float, list[float]]:
+def time_best(
+    fn: Callable[[object], list[float]], setup: Callable[[], object], repeat: int
+) -> tuple[float, list[float]]:
     """Best wall time of fn(setup()) over `repeat` runs; setup is not timed."""
     best, values = math.inf, []
     for _ in range(repeat):
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| metric | inputs | per-image loop (samples/s) | ours (samples/s) | speed-up | max abs diff |")
     print("|---|---|---:|---:|---:|---:|")
     for name, kind, loop_sps, ours_sps, ratio, diff, ok in rows:
-        print(f"| {name} | {kind} | {loop_sps:,.0f} | {ours_sps:,.0f} | {ratio:.1f}x | {diff:.1e}{'' if ok else ' FAIL'} |")
+        flag = "" if ok else " FAIL"
+        print(f"| {name} | {kind} | {loop_sps:,.0f} | {ours_sps:,.0f} | {ratio:.1f}x | {diff:.1e}{flag} |")
     if failed:
         print("\nvalues differ beyond the tolerance:", TOLERANCE)
         return 1

@@ -4,7 +4,8 @@ Three tables, printed as Markdown:
 
 1. Each pipeline at each size (square images, a centred square mask of a quarter of the area): time
    per candidate of a one-candidate call (minimum and median of the timed calls after one warm-up
-   call: at least --repeat, more for cheap configurations, see `rounds`) and peak memory. Each pipeline runs in its own child process, sizes ascending. Memory on the CPU is the
+   call: at least --repeat, more for cheap configurations, see `rounds`) and peak memory.
+   Each pipeline runs in its own child process, sizes ascending. Memory on the CPU is the
    resident set size (RSS, from /proc/self/statm; tracemalloc does not see torch's allocations):
    "peak MB" is the process's high-water mark (ru_maxrss: interpreter, libraries, model and all calls
    so far; sizes run ascending, so it is the peak at that size); "call peak MB" is the highest RSS
@@ -286,7 +287,8 @@ def markdown(rows1: list[dict], rows2: list[dict], rows3: list[dict], args: argp
         "|---|---|---|---|---|---|",
     ]
     for r in rows1:
-        lines.append(f"| {r['pipeline']} | {r['model']} | {r['size']} | {r['min_s']:.3f} / {r['s_per_candidate']:.3f} | "
+        lines.append(f"| {r['pipeline']} | {r['model']} | {r['size']} | "
+                     f"{r['min_s']:.3f} / {r['s_per_candidate']:.3f} | "
                      f"{r['call_peak_mb']:.0f} | {r['peak_mb']:.0f} |")
     if not rows1:
         lines = lines[:2]

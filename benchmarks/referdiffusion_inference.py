@@ -4,7 +4,8 @@ Both pipelines share the very same components (UNet, VAE, text encoder, tokenize
 ReferDiffusion adds its Region-Embedder Module (run once per call) and the mask output. Runs alternate
 in ABBA order after one warm-up each, so that drifts in machine load hit both; the table gives the median
 and the best wall time of `--repeat` timed calls, the median process CPU time (less sensitive to other
-processes on a shared machine; meaningless on a GPU) and the ratios of medians (target: at most 1.05). The fresh REM leaves the edit unchanged, so the script also checks that both
+processes on a shared machine; meaningless on a GPU) and the ratios of medians (target: at most 1.05).
+The fresh REM leaves the edit unchanged, so the script also checks that both
 produce the same images (max |difference| printed).
 
     python benchmarks/referdiffusion_inference.py [--preset tiny] [--size 64] [--steps 20] [--repeat 7]
@@ -117,7 +118,8 @@ def main() -> None:
     print(f"\npreset {args.preset}, {size}x{size}, batch {args.batch}, {args.steps} DDIM steps, "
           f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}, {args.repeat} timed calls each "
           f"(alternating); max |image difference| {diff:.2e}\n")
-    print("| pipeline | wall median s | wall best s | process CPU median s | ratio (wall median) | ratio (CPU median) |")
+    print("| pipeline | wall median s | wall best s | process CPU median s | ratio (wall median) "
+          "| ratio (CPU median) |")
     print("|---|---:|---:|---:|---:|---:|")
     base_w, base_c = statistics.median(wall["ip"]), statistics.median(cpu["ip"])
     for key in ("ip", "rd"):

@@ -157,7 +157,8 @@ def validate(sample: Sample) -> list[str]:
     else:
         w, h = size
         if getattr(sample.edited_image, "size", None) != size:
-            problems.append(f"edited_image size {getattr(sample.edited_image, 'size', None)} differs from source {size}")
+            edited_size = getattr(sample.edited_image, "size", None)
+            problems.append(f"edited_image size {edited_size} differs from source {size}")
         for name in MASK_FIELDS:
             m = np.asarray(getattr(sample, name))
             if m.shape != (h, w):

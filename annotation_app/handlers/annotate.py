@@ -254,8 +254,8 @@ def _load_ref(ctx, user: str, ref_id: int, *, skipped: list[int], next_seed: int
 
 def _restore(ctx, st: AnnotateState, sample_id: str) -> None:
     """Fill the session from a stored draft: object, prompt, candidates, the chosen one, M_e, region."""
-    from refcoco_edit.text.prompts import Prompt
     from refcoco_edit.store import rle
+    from refcoco_edit.text.prompts import Prompt
 
     rec = ctx.reads.get_sample(sample_id, images=False)
     s = rec.sample

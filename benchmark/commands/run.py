@@ -36,11 +36,13 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. segmenter=refshapes, guidance_scale=5 (repeatable)")
     p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: the method's)")
-    p.add_argument("--size", type=int, metavar="PX", help="working size of the longer side (default: the method's, 512)")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help="working size of the longer side (default: the method's, 512)")
     p.add_argument("--dtype", help="float32, float16, bfloat16 (default: float16 on CUDA, float32 on CPU)")
     p.add_argument("--label", help="the run's name in leaderboards (default: method and model)")
     p.add_argument("--shard", metavar="I/N", help="run share I of N by hand (0-based); the last share to finish merges")
-    p.add_argument("--overwrite", action="store_true", help="discard OUT's outputs when they come from another configuration")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard OUT's outputs when they come from another configuration")
     add_metric_args(p)
     return p
 

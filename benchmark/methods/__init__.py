@@ -8,7 +8,7 @@
 | ip2p | InstructPix2Pix, prompt + " and do not change any pixel else" | ip2p | prompt |
 | magicbrush | MagicBrush, same adapter | magicbrush | prompt |
 | instructdiffusion | InstructDiffusion's own guidance | instructdiffusion | prompt |
-| seg_inpaint | referring segmentation, then inpainting (Fig. 3) | sd-inpaint | referring_text, edit_text (+ segmenter's) |
+| seg_inpaint | segmentation, then inpainting (Fig. 3) | sd-inpaint | referring_text, edit_text (+ segmenter's) |
 | referdiffusion | ReferDiffusion checkpoint | folder (--method-model) | prompt |
 
 Adding a method is one class: subclass `Method`, set `name`, load weights in `setup`, return the edited

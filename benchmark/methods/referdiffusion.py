@@ -58,7 +58,8 @@ class ReferDiffusionMethod(Method):
                     f"{ENV}=DIR (make one with `referdiffusion init`)")
         folder = Path(self.checkpoint).expanduser()
         if not (folder / "model_index.json").is_file():
-            return f"{folder} is not a ReferDiffusion checkpoint (no model_index.json); make one with `referdiffusion init`"
+            return (f"{folder} is not a ReferDiffusion checkpoint (no model_index.json); "
+                    "make one with `referdiffusion init`")
         return None
 
     def weights(self) -> str | None:

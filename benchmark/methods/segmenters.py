@@ -3,7 +3,7 @@
 | name | what | reads |
 |---|---|---|
 | gt | the dataset's source mask M: an oracle, the best any segmenter can do | source_mask |
-| refshapes | RefShapes' own expression parser resolved against the scene's objects: exact on RefShapes data, refuses anything else | referring_text, image_id |
+| refshapes | RefShapes' expression parser on the scene: exact there, refuses other data | referring_text, image_id |
 
 A segmenter is a class with `name`, `reads`, `availability()`, `setup()` and `segment(sample) -> (H, W)
 uint8 0/1 array` at the source's size. Others plug in by "module:Class" (`--method-option

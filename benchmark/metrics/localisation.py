@@ -71,7 +71,9 @@ def changed_mask(output: Any, source: Any, threshold: float = DEFAULT_THRESHOLD)
     return changed_mask_stack(np.asarray(out)[None], np.asarray(src)[None], threshold)[0].astype(np.uint8)
 
 
-def localisation(output: Any, source: Any, edit_mask: Any, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float | None]:
+def localisation(
+    output: Any, source: Any, edit_mask: Any, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, float | None]:
     """{"loc_precision", "loc_recall", "loc_iou"} for one output; None where not defined."""
     src = as_rgb_image(source, "source image")
     sample = MetricInput(output=output, source=src, edit_mask=as_binary_mask(edit_mask, (src.height, src.width)))

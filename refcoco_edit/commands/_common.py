@@ -8,8 +8,10 @@ import argparse
 def add_refcoco_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refcoco", required=True, metavar="ROOT",
                    help="REFER root folder (holds <dataset>/refs(<split_by>).p); 'sample' = the bundled RefShapes copy")
-    p.add_argument("--dataset", metavar="NAME", help="refcoco, refcoco+, refcocog, refshapes ... (inferred when ROOT has one)")
-    p.add_argument("--split-by", metavar="BY", help="unc, google, umd ... (inferred when the dataset has one refs file)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="refcoco, refcoco+, refcocog, refshapes ... (inferred when ROOT has one)")
+    p.add_argument("--split-by", metavar="BY",
+                   help="unc, google, umd ... (inferred when the dataset has one refs file)")
     p.add_argument("--images", metavar="DIR", help="image folder (default ROOT/images/mscoco/images/train2014)")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+
 def _store_arg(p: argparse.ArgumentParser, top: bool = False) -> None:
     # Sub-subcommands repeat --store with a suppressed default, so that `app --store X users list` and
     # `app users list --store X` both work (a subparser's default would overwrite the parent's value).
@@ -161,8 +162,8 @@ def _study(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace):
     from annotation_app.context import AppConfig, parse_pipeline_models
     from refcoco_edit.errors import InputError
-    from refcoco_edit.text.llm import LLMSettings, llm_configured
     from refcoco_edit.models.resolver import parse_model_overrides
+    from refcoco_edit.text.llm import LLMSettings, llm_configured
 
     if args.steps < 1 or args.max_candidates < 1 or args.ttl_minutes <= 0 or args.session_hours <= 0:
         raise InputError("--steps, --max-candidates, --ttl-minutes and --session-hours must be positive")

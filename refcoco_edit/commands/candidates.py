@@ -37,8 +37,8 @@ def parse_thresholds(items: list[str]):
     """`NAME=VALUE` strings -> SelectionThresholds; unknown names and bad numbers are InputErrors."""
     from dataclasses import fields
 
-    from refcoco_edit.errors import InputError
     from refcoco_edit.curation.selection import SelectionThresholds
+    from refcoco_edit.errors import InputError
 
     kinds = {f.name: (int if f.type in (int, "int") else float) for f in fields(SelectionThresholds)}
     values = {}
@@ -55,8 +55,8 @@ def parse_thresholds(items: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from refcoco_edit.models.resolver import parse_model_overrides
     from refcoco_edit.curation.selection import select_candidates, summarise
+    from refcoco_edit.models.resolver import parse_model_overrides
 
     data = open_refcoco(args)
     if args.ref_id:
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             m = c.measures
             print(f"{c.ref_id:>7} {'eligible' if c.eligible else 'no      '} {c.category:14s} "
-                  f"area {100 * m['area_share']:5.1f}%  note {m['others_of_note']:>2}  similar {len(c.similar_anns):>2}  "
+                  f"area {100 * m['area_share']:5.1f}%  note {m['others_of_note']:>2}  "
+                  f"similar {len(c.similar_anns):>2}  "
                   + " | ".join(c.reasons))
     if not args.json:
         s = summarise(cands)

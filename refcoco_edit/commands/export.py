@@ -35,8 +35,8 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from refcoco_edit.commands._common import print_json
     from refcoco_edit.dataset.card import CardInfo
-    from refcoco_edit.errors import InputError
     from refcoco_edit.dataset.export import export_store, push_to_hub
+    from refcoco_edit.errors import InputError
 
     if args.private and not args.push_to_hub:
         raise InputError("--private only applies with --push-to-hub")

@@ -25,7 +25,7 @@ def make_parser(commands: dict[str, str], prog: str, description: str) -> argpar
         return parser
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module in commands.items():
+    for _name, module in commands.items():
         mod = importlib.import_module(module)
         p = mod.register(sub)
         p.set_defaults(_run=mod.run)

@@ -43,8 +43,8 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from refcoco_edit.errors import InputError
     from refcoco_edit.dataset.synth import SynthConfig, synth_dataset
+    from refcoco_edit.errors import InputError
 
     cfg = SynthConfig(seed=args.seed, limit=args.limit, split=args.split, enrich=args.enrich,
                       dilation_ratio=args.dilation_ratio, flip_prob=0.0 if args.no_flip else 0.5,

@@ -335,7 +335,8 @@ def _rule1_reason(ok: bool, too_big: bool, framed: bool, m: dict, th: SelectionT
         return f"sole prominent subject: covers {_pct(share)} of the image (limit {_pct(th.max_area_share)})"
     if framed:
         return (f"sole prominent subject: the largest object, covering {_pct(share)} "
-                f"(>= {_pct(th.subject_area_share)}) near the centre (centrality {cen:.2f} >= {th.subject_centrality:.2f})")
+                f"(>= {_pct(th.subject_area_share)}) near the centre "
+                f"(centrality {cen:.2f} >= {th.subject_centrality:.2f})")
     return (f"sole prominent subject: no other object of note ({m['objects']} other object(s), none covering "
             f"{_pct(th.note_min_share)} of the image and {_pct(th.note_min_relative)} of this one's area)")
 

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError, RefcocoEditError
-from refcoco_edit.text.prompts import Prompt, ref_sentences, referring_phrase, render
 from refcoco_edit.schema import Sample
+from refcoco_edit.text.prompts import Prompt, ref_sentences, referring_phrase, render
 from refcoco_edit.text.subjects import COLOUR_WORDS, extract_subject, tokens
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ def paint_by_example_encoder_class():
         "diffusers.pipelines.paint_by_example",
     ):
         try:
-            return getattr(importlib.import_module(module), "PaintByExampleImageEncoder")
+            return importlib.import_module(module).PaintByExampleImageEncoder
         except (ImportError, AttributeError):
             continue
     import diffusers

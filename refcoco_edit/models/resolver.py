@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from refcoco_edit.errors import DataError, InputError, ModelNotAvailableError
-from refcoco_edit.settings import CONFIG_ENV, cache_dir, config_path
+from refcoco_edit.settings import CONFIG_ENV, config_path
 
 T = TypeVar("T")
 

@@ -434,10 +434,11 @@ class RefCOCO:
 
         if split is not None:
             narrow(self._by_split.positions(self._split_code(split)))
+        empty = np.zeros(0, np.int64)
         if image_ids is not None:
-            narrow(np.unique(np.concatenate([self._by_image.positions(int(i)) for i in image_ids] or [np.zeros(0, np.int64)])))
+            narrow(np.unique(np.concatenate([self._by_image.positions(int(i)) for i in image_ids] or [empty])))
         if cat_ids is not None:
-            narrow(np.unique(np.concatenate([self._by_category.positions(int(c)) for c in cat_ids] or [np.zeros(0, np.int64)])))
+            narrow(np.unique(np.concatenate([self._by_category.positions(int(c)) for c in cat_ids] or [empty])))
         return (self._ref_ids if keep is None else self._ref_ids[np.sort(keep)]).tolist()
 
     def image_refs(self, image_id: int) -> list[dict]:

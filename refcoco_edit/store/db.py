@@ -49,29 +49,16 @@ from refcoco_edit.store.passwords import hash_password, verify_password
 
 log = logging.getLogger(__name__)
 
-ROLES: tuple[str, ...] = ("annotator", "reviewer", "admin")
-DECISIONS: dict[str, str] = {"accept": "accepted", "reject": "rejected", "send_back": "draft"}
+ROLES = rules.ROLES
+DECISIONS = rules.DECISIONS
 VALIDATED_STATUSES = rules.VALIDATED_STATUSES
 JSON_FIELDS = ("referring_spans", "edit_spans", "generation")
 # Sample fields a change may touch; ids of the row itself and its timestamps are the store's.
 CHANGEABLE = tuple(n for n in Sample.field_names() if n not in ("sample_id", "created_at", "updated_at"))
 FILTERS = ("status", "split", "edit_type", "pipeline", "annotator")
-MAX_USER_NAME = 64
+MAX_USER_NAME = rules.MAX_USER_NAME
+user_name_problem = rules.user_name_problem
 PAGE = 256
-
-
-
-
-def user_name_problem(name: Any) -> str | None:
-    """Why `name` cannot be an account name (None when it can): a non-empty string of at most
-    MAX_USER_NAME printable characters without surrounding spaces."""
-    if not isinstance(name, str) or not name or name != name.strip():
-        return f"bad user name {name!r}"
-    if len(name) > MAX_USER_NAME:
-        return f"user name of {len(name)} characters (at most {MAX_USER_NAME})"
-    if not name.isprintable():
-        return f"user name {name!r} has unprintable characters"
-    return None
 
 
 def key_sample_id(key: str) -> str:
@@ -131,7 +118,7 @@ class User:
     sessions_valid_from: float = 0.0
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> "User":
+    def from_row(cls, r: sqlite3.Row) -> User:
         return cls(r["name"], r["role"], r["created_at"], r["password_hash"] is not None, bool(r["disabled"]),
                    float(r["sessions_valid_from"]))
 
@@ -164,7 +151,7 @@ class Failure:
 
 def _locked(method: Callable) -> Callable:
     @functools.wraps(method)
-    def wrapper(self: "Store", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             return method(self, *args, **kwargs)
 
@@ -183,7 +170,7 @@ class Store:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: Path | str, *, create: bool = True, durable: bool = True, timeout_s: float = 60.0,
-             upto_version: int | None = None) -> "Store":
+             upto_version: int | None = None) -> Store:
         """Open (and migrate to the latest schema) the store at `path`, creating it when asked.
 
         `durable`: fsync every commit and image (synchronous=FULL), so a power cut loses nothing
@@ -228,7 +215,7 @@ class Store:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -240,7 +227,7 @@ class Store:
             return read_version(self._conn)
 
     # ------------------------------------------------------------------ transactions and audit
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         return _Transaction(self._conn)
 
     def _audit(self, user: str, action: str, sample_id: str | None, diff: dict) -> None:

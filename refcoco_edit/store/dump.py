@@ -75,7 +75,7 @@ def _open_read(path: Path) -> IO[str]:
     return open(path, encoding="utf-8")
 
 
-def dump_store(store: "Store", path: Path) -> dict:
+def dump_store(store: Store, path: Path) -> dict:
     """Write `store` to `path`; the counts of each record type written."""
     conn = store._conn
     counts: Counter[str] = Counter()
@@ -145,7 +145,7 @@ def _read_records(path: Path, *, skip_blobs: bool = False) -> Iterator[tuple[int
         raise DumpError(f"{path} is truncated (no end line); nothing was imported")
 
 
-def import_dump(store: "Store", path: Path, user: str) -> dict:
+def import_dump(store: Store, path: Path, user: str) -> dict:
     """Restore `path` into `store`; counts of records added and skipped.
 
     Three passes: the file's structure and end-line counts (so a truncated file writes nothing), the

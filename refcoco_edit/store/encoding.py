@@ -6,7 +6,7 @@ Shared by the store and its dump format, so a dumped row and a stored row are by
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from refcoco_edit.errors import InputError
@@ -15,7 +15,7 @@ from refcoco_edit.io import json_default
 
 def now_iso() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def dumps(obj: Any) -> str:

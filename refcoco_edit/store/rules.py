@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from refcoco_edit.errors import RefcocoEditError
 from refcoco_edit.schema import EDIT_TYPES, MASK_FIELDS, PIPELINES, STATUSES, validate
 
 if TYPE_CHECKING:
-    from refcoco_edit.store.db import Store
+    import sqlite3
+
+    from refcoco_edit.schema import Sample
+    from refcoco_edit.store.blobs import BlobStore
+
+
+class Store(Protocol):
+    """What the rules read of a store (its connection, blobs and row decoding); `db.Store` has it."""
+
+    blobs: BlobStore
+    _conn: sqlite3.Connection
+
+    def _sample_from_row(self, row: Any) -> Sample: ...
 
 # table -> the column that names a row in messages
 NAMES: dict[str, str] = {"users": "name", "samples": "sample_id", "candidates": "candidate_id",
@@ -39,13 +51,29 @@ def enum_problems(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+ROLES: tuple[str, ...] = ("annotator", "reviewer", "admin")
+# review decision -> the sample status it leads to
+DECISIONS: dict[str, str] = {"accept": "accepted", "reject": "rejected", "send_back": "draft"}
+MAX_USER_NAME = 64
+
+
+def user_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be an account name (None when it can): a non-empty string of at most
+    MAX_USER_NAME printable characters without surrounding spaces."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        return f"bad user name {name!r}"
+    if len(name) > MAX_USER_NAME:
+        return f"user name of {len(name)} characters (at most {MAX_USER_NAME})"
+    if not name.isprintable():
+        return f"user name {name!r} has unprintable characters"
+    return None
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _name_problem(value: Any, what: str, *, empty_ok: bool) -> str | None:
-    from refcoco_edit.store.db import user_name_problem
-
     if empty_ok and value == "":
         return None
     problem = user_name_problem(value)
@@ -73,8 +101,6 @@ def _mask(text: Any, name: str, problems: list[str]) -> Any:
 
 
 def user_problems(store: Store, row: Any) -> list[str]:
-    from refcoco_edit.store.db import ROLES
-
     problems = [p for p in [_name_problem(row["name"], "name", empty_ok=False)] if p]
     if row["role"] not in ROLES:
         problems.append(f"role {row['role']!r} is not one of {', '.join(ROLES)}")
@@ -127,8 +153,6 @@ def candidate_problems(store: Store, row: Any) -> list[str]:
 
 
 def review_problems(store: Store, row: Any) -> list[str]:
-    from refcoco_edit.store.db import DECISIONS
-
     problems = [p for p in [_name_problem(row["reviewer"], "reviewer", empty_ok=False)] if p]
     if row["decision"] not in DECISIONS:
         problems.append(f"decision {row['decision']!r} is not one of {', '.join(DECISIONS)}")

@@ -153,7 +153,6 @@ class Prompt:
     def problems(self) -> list[str]:
         """Everything wrong with the prompt's spans and fields; [] when it is sound."""
         out: list[str] = []
-        n = len(self.prompt)
         if not self.prompt.strip():
             out.append("empty prompt")
         if self.edit_type not in EDIT_TYPES:

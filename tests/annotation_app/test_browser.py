@@ -1,7 +1,7 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): an annotator signs in,
 takes an item, picks an object by clicking it, composes a prompt, draws the region with the brush,
-generates candidates with a tiny diffusion model, picks one and submits; the annotator's attempt to review is refused; a reviewer
-signs in and accepts; the store holds the accepted sample with the right people on it.
+generates candidates with a tiny diffusion model, picks one and submits; the annotator's attempt to review is
+refused; a reviewer signs in and accepts; the store holds the accepted sample with the right people on it.
 
 Marked `browser` (skipped by the default run). The set-up installs what is missing: Playwright with
 pip, Chromium with apt-get (when running as root); when neither can be had the test is skipped and
@@ -44,7 +44,8 @@ def chromium_path() -> str | None:
 
 def _run(cmd: list[str], timeout: int) -> bool:
     try:
-        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode == 0
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
+        return done.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 

@@ -40,7 +40,8 @@ def runs(bench_dataset, tmp_path_factory):
     try:
         for method in ("identity", "reference", "tests.benchmark.stub_methods:StampMethod"):
             out = root / method.rsplit(":", 1)[-1].lower()
-            run_benchmark(RunConfig(method=method, dataset=str(bench_dataset), out=out, metrics=METRICS, progress=False))
+            config = RunConfig(method=method, dataset=str(bench_dataset), out=out, metrics=METRICS, progress=False)
+            run_benchmark(config)
             folders.append(out)
     finally:
         os.environ.update(saved)
@@ -61,7 +62,8 @@ def test_markdown_has_arrows_intervals_best_marks_and_notes(runs):
     header = next(line for line in text.splitlines() if line.startswith("| method"))
     assert "l2_bg ↓" in header and "loc_iou ↑" in header and "aesthetic" not in header
     assert "`aesthetic` not shown:" in text and "REFCOCO_EDIT_MODEL_AESTHETIC" in text
-    row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    row = {line.split("|")[1].strip(): line for line in lines}
     cells = [c.strip() for c in row["reference"].split("|")[1:-1]]
     names = [c.strip() for c in header.split("|")[1:-1]]
     assert cells[names.index("loc_iou ↑")].startswith("**1** [1, 1]")
@@ -94,7 +96,8 @@ def test_json_lists_columns_runs_and_best(runs):
 
 
 def _data_images(page: str) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
+    found = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in found]
 
 
 def test_html_embeds_a_grid_of_the_same_samples_across_methods(runs, bench_dataset):
@@ -129,7 +132,8 @@ def test_html_can_link_images_written_beside_it(runs, tmp_path):
 def test_leaderboard_cli_writes_every_format(runs, tmp_path, capsys):
     from benchmark.cli import main
 
-    assert main(["leaderboard", *map(str, runs), "--format", "html", "--out", str(tmp_path / "b.html"), "--grid", "2"]) == 0
+    argv = ["leaderboard", *map(str, runs), "--format", "html", "--out", str(tmp_path / "b.html"), "--grid", "2"]
+    assert main(argv) == 0
     assert len(_data_images((tmp_path / "b.html").read_text())) == 8
     assert main(["leaderboard", *map(str, runs), "--out", str(tmp_path / "b.md")]) == 0
     md = (tmp_path / "b.md").read_text()

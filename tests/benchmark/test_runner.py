@@ -131,7 +131,8 @@ def test_a_killed_run_resumes_without_redoing_finished_samples(bench_dataset, tm
     assert resumed["metrics"] == straight.results["metrics"]
     assert _comparable(_rows(out)) == _comparable(_rows(tmp_path / "straight"))
     for sid in all_ids:
-        assert (out / "outputs" / f"{sid}.png").read_bytes() == (tmp_path / "straight" / "outputs" / f"{sid}.png").read_bytes()
+        straight = tmp_path / "straight" / "outputs" / f"{sid}.png"
+        assert (out / "outputs" / f"{sid}.png").read_bytes() == straight.read_bytes()
 
 
 def test_missing_or_broken_outputs_are_regenerated_and_nothing_else(bench_dataset, tmp_path):
@@ -224,7 +225,8 @@ def test_torchrun_two_processes_share_the_samples(bench_dataset, tmp_path):
                            "--dataset", str(bench_dataset), "--out", str(out), "--metrics", METRICS, "--no-progress"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (out / "generation").iterdir()) == ["shard-000-of-002.jsonl", "shard-001-of-002.jsonl"]
+    shards = sorted(p.name for p in (out / "generation").iterdir())
+    assert shards == ["shard-000-of-002.jsonl", "shard-001-of-002.jsonl"]
     single = run_benchmark(_config(bench_dataset, tmp_path / "single"))
     assert json.loads((out / "results.json").read_text())["metrics"] == single.results["metrics"]
 
@@ -361,9 +363,9 @@ def test_validation_accepts_resizable_outputs_and_warns_about_extras(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["list"], ["list", "--json"]])
 def test_help_and_list_do_not_import_torch(argv):
-    code = ("import sys\nfrom benchmark.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+    code = (f"import sys\nfrom benchmark.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'datasets') if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n") % (argv,)
+            "print('HEAVY', heavy)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
@@ -379,7 +381,8 @@ def test_list_names_methods_metrics_and_their_weights(no_model_config, capsys):
     assert list(methods) == ["identity", "reference", "blended", "ip2p", "magicbrush", "instructdiffusion",
                              "seg_inpaint", "referdiffusion"]
     assert methods["identity"]["available"] and methods["identity"]["weights"] is None
-    assert not methods["instructdiffusion"]["available"] and "instructdiffusion" in methods["instructdiffusion"]["reason"]
+    idiff = methods["instructdiffusion"]
+    assert not idiff["available"] and "instructdiffusion" in idiff["reason"]
     assert "timbrooks/instruct-pix2pix" in methods["ip2p"]["weights"]
     metrics = {m["name"]: m for m in data["metrics"]}
     assert metrics["l2_bg"]["available"] and metrics["l2_bg"]["higher_is_better"] is False

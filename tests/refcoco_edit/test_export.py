@@ -14,6 +14,7 @@ from PIL import Image
 
 from refcoco_edit.cli import main
 from refcoco_edit.dataset.card import FIELD_DOCS
+from refcoco_edit.dataset.export import DatasetWriter, ExportRefusedError, export_store
 from refcoco_edit.dataset.io import (
     SampleView,
     decode_mask,
@@ -23,7 +24,6 @@ from refcoco_edit.dataset.io import (
     sample_to_row,
 )
 from refcoco_edit.errors import InputError
-from refcoco_edit.dataset.export import DatasetWriter, ExportRefusedError, export_store
 from refcoco_edit.schema import EDIT_TYPES, PIPELINES, Sample, features
 from refcoco_edit.store import Store, rle
 from tests.refcoco_edit.store_worker import make_sample
@@ -34,9 +34,9 @@ N_EDITS = 12  # RefShapes edits put in the store (replace/remove/attribute, seve
 # ---------------------------------------------------------------------------- fixtures
 def refshapes_samples(n: int = N_EDITS) -> list[Sample]:
     """Samples with RefShapes' exact reference edits and template prompts (spans exact)."""
-    from refcoco_edit.text.prompts import prompt_for_ref
     from refcoco_edit.refer.reader import RefCOCO
     from refcoco_edit.refshapes import sample_root
+    from refcoco_edit.text.prompts import prompt_for_ref
 
     data = RefCOCO.load("sample")
     meta = json.loads((sample_root() / "refshapes" / "edits.json").read_text())
@@ -134,7 +134,7 @@ def test_load_dataset_reads_every_field_of_every_row(tmp_path: Path, store_path:
     # the save_to_disk copy holds the same rows
     disk = datasets.load_from_disk(str(out / "hf"))
     assert set(disk) == set(ds)
-    for split, d in disk.items():
+    for _split, d in disk.items():
         for row in d:
             assert_row_is_sample(row, want[row["sample_id"]], d.features)
 

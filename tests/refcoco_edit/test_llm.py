@@ -145,7 +145,8 @@ def test_http_body_that_is_not_json_is_retried(server, tmp_path, zebra) -> None:
 
 
 def test_fenced_json_is_accepted(server, tmp_path, zebra) -> None:
-    server.script = [srv.content('```json\n{"rephrasings": ["please replace the zebra on the left with a giraffe"]}\n```')]
+    fenced = '```json\n{"rephrasings": ["please replace the zebra on the left with a giraffe"]}\n```'
+    server.script = [srv.content(fenced)]
     out = make(server, tmp_path).rephrase(zebra, 1)
     assert [p.prompt for p in out.rephrasings] == ["please replace the zebra on the left with a giraffe"]
 

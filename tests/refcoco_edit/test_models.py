@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refcoco_edit.models import resolver as models
 from refcoco_edit.errors import DataError, InputError, ModelNotAvailableError
+from refcoco_edit.models import resolver as models
 
 PROMPT = "replace the cow in the back with a panda"
 PROMPT_IDS = [49406, 9466, 518, 9706, 530, 518, 893, 593, 320, 12952, 49407]

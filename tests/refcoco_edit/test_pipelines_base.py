@@ -12,7 +12,7 @@ from PIL import Image
 
 from refcoco_edit.errors import InputError
 from refcoco_edit.pipelines import base, get_pipeline, pipeline_names
-from refcoco_edit.pipelines.classical_inpaint import ClassicalInpaintPipeline, variants
+from refcoco_edit.pipelines.classical_inpaint import variants
 
 
 def _image(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:
@@ -31,7 +31,8 @@ def _mask(w: int = 64, h: int = 48, box=(10, 30, 20, 44)) -> np.ndarray:
 
 
 def test_as_rgb_converts_modes() -> None:
-    rgba = Image.fromarray(np.dstack([np.full((4, 5, 3), 200, np.uint8), np.array([[0, 255, 255, 255, 128]] * 4, np.uint8)]))
+    alpha = np.array([[0, 255, 255, 255, 128]] * 4, np.uint8)
+    rgba = Image.fromarray(np.dstack([np.full((4, 5, 3), 200, np.uint8), alpha]))
     out = base.as_rgb(rgba)
     assert out.mode == "RGB" and out.size == (5, 4)
     arr = np.asarray(out)

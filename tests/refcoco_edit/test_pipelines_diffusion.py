@@ -143,7 +143,8 @@ def test_core_blending_matches_hand_written_loop(sd) -> None:
             sd.unet, sd.scheduler, source_latents=source, mask=m, noise=noise, prompt_embeds=cond,
             negative_embeds=uncond, guidance_scale=scale, num_inference_steps=steps, skip_steps=skip,
         )
-        ref = _hand_written_bld(sd.unet, sd.scheduler.alphas_cumprod, source, m, noise, cond, uncond, steps, skip, scale)
+        alphas = sd.scheduler.alphas_cumprod
+        ref = _hand_written_bld(sd.unet, alphas, source, m, noise, cond, uncond, steps, skip, scale)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-4)
     outside = (m == 0).expand_as(ours)
     assert torch.equal(ours[outside], source.expand_as(ours)[outside])  # the last blend is the clean source

@@ -9,6 +9,7 @@ import pytest
 
 from refcoco_edit.cli import build_parser, run_cli
 from refcoco_edit.errors import InputError
+from refcoco_edit.refer.reader import RefCOCO
 from refcoco_edit.text.prompts import (
     CLI_KEYS,
     TEMPLATES,
@@ -19,7 +20,6 @@ from refcoco_edit.text.prompts import (
     ref_sentences,
     referring_phrase,
 )
-from refcoco_edit.refer.reader import RefCOCO
 from refcoco_edit.text.rephrase import RuleRephraser
 from refcoco_edit.text.subjects import COCO_CATEGORIES, extract_subject, head_noun, key_words, subject_for_ref
 
@@ -52,7 +52,7 @@ def spans_exact(p: Prompt) -> None:
             pieces.append((s, e))
         assert " ".join(got) == text
     pieces.sort()
-    for (s1, e1), (s2, e2) in zip(pieces, pieces[1:]):
+    for (_s1, e1), (s2, _e2) in zip(pieces, pieces[1:]):
         assert e1 <= s2, f"overlap in {p}"
 
 
@@ -224,7 +224,8 @@ def test_subject_categories_and_fallbacks() -> None:
     assert extract_subject("right").noun is None
     assert extract_subject("the red circle on the left", extra_nouns=["circle"]).noun == "circle"
     assert len(COCO_CATEGORIES) == 80 and all(head_noun(c) == c for c in COCO_CATEGORIES)
-    assert key_words("the second red circle from the left", extra_nouns=["circle"]) == ["second", "red", "left", "circle"]
+    words = key_words("the second red circle from the left", extra_nouns=["circle"])
+    assert words == ["second", "red", "left", "circle"]
 
 
 def test_subjects_match_refshapes_kinds(sample: RefCOCO) -> None:

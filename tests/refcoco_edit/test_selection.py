@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from refcoco_edit.cli import build_parser, run_cli
-from refcoco_edit.refer.reader import RefCOCO
 from refcoco_edit.curation.selection import (
     SelectionThresholds,
     colour_histogram,
@@ -20,6 +19,7 @@ from refcoco_edit.curation.selection import (
     select_candidates,
     shape_descriptors,
 )
+from refcoco_edit.refer.reader import RefCOCO
 
 # ------------------------------------------------------------------------------ a hand-made scene
 
@@ -125,7 +125,8 @@ def reference_measures(data: RefCOCO, ref_id: int, th: SelectionThresholds) -> d
         c = float(sum(min(p, q) for p, q in zip(hist(ann), hist(a))))
         s = 1 - float(np.mean(np.abs(shape_descriptors(mask) - shape_descriptors(data.ann_mask(a["id"])))))
         colour[a["id"]] = c
-        alike = c >= th.colour_threshold and th.colour_weight * c + (1 - th.colour_weight) * s >= th.appearance_threshold
+        appearance = th.colour_weight * c + (1 - th.colour_weight) * s
+        alike = c >= th.colour_threshold and appearance >= th.appearance_threshold
         if a["category_id"] == ann["category_id"] or alike:
             similar.append(a["id"])
     return {"area_share": share, "centrality": centrality, "others_of_note": len(of_note), "objects": len(others),
@@ -224,7 +225,8 @@ def test_shape_descriptors_of_known_shapes() -> None:
     yy, xx = np.mgrid[:80, :80]
     disc = ((yy - 40) ** 2 + (xx - 40) ** 2 <= 30**2).astype(np.uint8)
     extent, solidity, circ, aspect = shape_descriptors(disc)
-    assert extent == pytest.approx(math.pi * 30**2 / 61**2, rel=0.02) and solidity > 0.97 and circ > 0.85 and aspect == 1.0
+    assert extent == pytest.approx(math.pi * 30**2 / 61**2, rel=0.02)
+    assert solidity > 0.97 and circ > 0.85 and aspect == 1.0
     assert np.isnan(shape_descriptors(np.zeros((5, 5), np.uint8))).all()
 
 

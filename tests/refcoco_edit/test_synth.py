@@ -11,11 +11,6 @@ import numpy as np
 import pytest
 
 from refcoco_edit.cli import main
-from refcoco_edit.errors import InputError
-from refcoco_edit.text.llm import Enrichment
-from refcoco_edit.text.prompts import Prompt, ref_sentences, referring_phrase
-from refcoco_edit.refer.reader import RefCOCO
-from refcoco_edit.schema import validate
 from refcoco_edit.dataset.synth import (
     NAMED_COLOURS,
     SynthConfig,
@@ -26,6 +21,11 @@ from refcoco_edit.dataset.synth import (
     synth_dataset,
     synth_sample,
 )
+from refcoco_edit.errors import InputError
+from refcoco_edit.refer.reader import RefCOCO
+from refcoco_edit.schema import validate
+from refcoco_edit.text.llm import Enrichment
+from refcoco_edit.text.prompts import Prompt, ref_sentences, referring_phrase
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_dataset_is_the_export_format_and_byte_identical_for_a_seed(tmp_path: Pa
 
     cfg = SynthConfig(seed=2, limit=10)
     s1 = synth_dataset(shapes, tmp_path / "a", cfg, shard_size=4)
-    s2 = synth_dataset(shapes, tmp_path / "b", SynthConfig(seed=2, limit=10), shard_size=4, save_to_disk=False)
+    synth_dataset(shapes, tmp_path / "b", SynthConfig(seed=2, limit=10), shard_size=4, save_to_disk=False)
     assert s1.written == 10 and s1.export.rows == 10
 
     def digest(folder: Path) -> dict[str, str]:

@@ -179,7 +179,8 @@ def test_init_from_stable_diffusion_widens_the_first_convolution(tiny_cache, tmp
     assert torch.equal(wide.conv_in.weight[:, :4], sd.conv_in.weight)
     assert torch.count_nonzero(wide.conv_in.weight[:, 4:]) == 0
     g = _gen(3)
-    z, src, text = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
+    z, src = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    text = torch.randn(1, 77, 32, generator=g)
     with torch.no_grad():
         a = wide(torch.cat([z, src], 1), 10, encoder_hidden_states=text).sample
         b = sd(z, 10, encoder_hidden_states=text).sample

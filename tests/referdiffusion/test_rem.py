@@ -19,7 +19,8 @@ D, L, C, H, W = 32, 12, 4, 8, 6
 
 def _rem(**kwargs) -> RegionEmbedder:
     torch.manual_seed(0)
-    return RegionEmbedder(text_dim=D, latent_channels=C, num_attention_heads=4, image_hidden_channels=16, **kwargs).eval()
+    rem = RegionEmbedder(text_dim=D, latent_channels=C, num_attention_heads=4, image_hidden_channels=16, **kwargs)
+    return rem.eval()
 
 
 def _inputs(b: int = 2):
