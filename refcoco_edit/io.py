@@ -50,6 +50,8 @@ def atomic_path(path: Path | str, *, tmp_dir: Path | None = None, durable: bool 
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():
+            tmp.chmod(_mode_for(path, 0o666))
         if durable:
             _fsync(tmp)
         os.replace(tmp, path)
@@ -61,6 +63,27 @@ def atomic_path(path: Path | str, *, tmp_dir: Path | None = None, durable: bool 
             _fsync(path.parent)
         except OSError:  # some file systems cannot sync a folder; the file itself is synced
             pass
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which
+    would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _mode_for(path: Path, base: int) -> int:
+    """The permissions a file written in place would get: those of the file it replaces, else `base`
+    less the umask (mkstemp and mkdtemp make private files, which shared caches and outputs must not be)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return base & ~_umask()
 
 
 def _fsync(path: Path) -> None:
@@ -99,7 +122,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; caches and outputs may be shared
+        tmp.chmod(_mode_for(path, 0o777))
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
