@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from refcoco_edit.commands._common import add_refcoco_args, open_refcoco, print_json
+from refcoco_edit.commands._common import add_llm_args, add_refcoco_args, llm_settings, open_refcoco, print_json
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -54,22 +54,14 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     g = p.add_argument_group("enrichment (rephrasings stored unreviewed in generation['enriched'])")
     g.add_argument("--enrich", type=int, default=0, metavar="N", help="N rephrasings per prompt (default 0)")
-    g.add_argument("--offline", action="store_true", help="use the rule-based rephraser even if an LLM is configured")
-    g.add_argument("--llm-base-url", metavar="URL", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)")
-    g.add_argument("--llm-model", metavar="NAME", help="model name (default gpt-4o-mini)")
-    g.add_argument("--llm-timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)")
-    g.add_argument("--llm-cache", type=Path, metavar="DIR", help="answer cache folder (default <cache>/llm)")
+    add_llm_args(g)
     return p
 
 
 def _rephraser(args: argparse.Namespace):
-    from refcoco_edit.text.llm import LLMSettings, llm_configured, make_rephraser
+    from refcoco_edit.text.llm import make_rephraser
 
-    settings = None
-    if not args.offline and llm_configured(args.llm_base_url, args.llm_model):
-        kw = {"model": args.llm_model} if args.llm_model else {}
-        settings = LLMSettings(base_url=args.llm_base_url, timeout=args.llm_timeout, cache_dir=args.llm_cache, **kw)
-    return make_rephraser(settings, seed=args.seed)
+    return make_rephraser(llm_settings(args), seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:

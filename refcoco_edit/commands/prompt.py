@@ -11,9 +11,8 @@ OPENAI_BASE_URL is given (key from OPENAI_API_KEY), else to the offline rule-bas
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from refcoco_edit.commands._common import add_refcoco_args, open_refcoco, print_json
+from refcoco_edit.commands._common import add_llm_args, add_refcoco_args, llm_settings, open_refcoco, print_json
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -30,13 +29,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     g = p.add_argument_group("enrichment")
     g.add_argument("--enrich", type=int, default=0, metavar="N", help="also give N rephrasings")
-    g.add_argument("--offline", action="store_true", help="use the rule-based rephraser even if an LLM is configured")
-    g.add_argument("--llm-base-url", metavar="URL", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)")
-    g.add_argument("--llm-model", metavar="NAME", help="model name (default gpt-4o-mini)")
-    g.add_argument("--llm-timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)")
-    g.add_argument("--llm-attempts", type=int, default=4, metavar="K", help="attempts per request (default 4)")
-    g.add_argument("--llm-cache", type=Path, metavar="DIR", help="answer cache folder (default <cache>/llm)")
-    g.add_argument("--no-llm-cache", action="store_true", help="neither read nor write the answer cache")
+    add_llm_args(g, attempts=True, no_cache=True)
     return p
 
 
@@ -51,15 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.enrich:
         if args.enrich < 1:
             raise InputError("--enrich needs a positive number")
-        from refcoco_edit.text.llm import LLMSettings, enrich_batch, llm_configured, make_rephraser
+        from refcoco_edit.text.llm import enrich_batch, make_rephraser
 
-        settings = None
-        if not args.offline and llm_configured(args.llm_base_url, args.llm_model):
-            kw = {"model": args.llm_model} if args.llm_model else {}
-            settings = LLMSettings(base_url=args.llm_base_url, timeout=args.llm_timeout,
-                                   max_attempts=args.llm_attempts, cache_dir=args.llm_cache,
-                                   use_cache=not args.no_llm_cache, **kw)
-        rephraser = make_rephraser(settings, seed=args.seed)
+        rephraser = make_rephraser(llm_settings(args), seed=args.seed)
         category = data.category(data.ref_ann(args.ref_id)["category_id"])["name"]
         names = [c["name"] for c in data.categories]
         enrichment = enrich_batch([prompt], args.enrich, rephraser, categories=[category], extra_nouns=names)[0]
