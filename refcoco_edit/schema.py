@@ -16,10 +16,22 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 EDIT_TYPES: tuple[str, ...] = ("replace", "remove", "attribute", "add", "other")
-# composition: Paint-by-Example; region_edit: Blended Latent Diffusion; inpaint: diffusion removal;
-# classical_inpaint: OpenCV removal; manual: drawn by a person; synthetic: rendered ground truth
-# (RefShapes edits and stage-1 samples), no model involved.
-PIPELINES: tuple[str, ...] = ("composition", "region_edit", "inpaint", "classical_inpaint", "manual", "synthetic")
+# The model pipelines, name -> "module:Class" (the lazy registry `refcoco_edit.pipelines.PIPELINES`
+# reads this table). It lives here because a sample's `pipeline` field takes these names: adding a
+# pipeline is its file and one line here, and the store, the exporter and the dataset features accept
+# it with no other change.
+PIPELINE_CLASSES: dict[str, str] = {
+    "composition": "refcoco_edit.pipelines.composition:CompositionPipeline",  # Paint-by-Example
+    "region_edit": "refcoco_edit.pipelines.region_edit:RegionEditPipeline",  # Blended Latent Diffusion
+    "inpaint": "refcoco_edit.pipelines.inpaint:InpaintPipeline",  # diffusion removal
+    "classical_inpaint": "refcoco_edit.pipelines.classical_inpaint:ClassicalInpaintPipeline",  # OpenCV removal
+}
+# Every value of a sample's `pipeline`: the model pipelines, `manual` (drawn by a person) and
+# `synthetic` (rendered ground truth: RefShapes edits and stage-1 samples, no model involved). The
+# exported ClassLabel numbers them in this order, so the first six never move and new pipelines are
+# appended after them (a dataset exported earlier keeps its label numbers).
+_FIRST_PIPELINES = ("composition", "region_edit", "inpaint", "classical_inpaint", "manual", "synthetic")
+PIPELINES: tuple[str, ...] = _FIRST_PIPELINES + tuple(n for n in PIPELINE_CLASSES if n not in _FIRST_PIPELINES)
 STATUSES: tuple[str, ...] = ("draft", "candidate", "accepted", "rejected")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "testA", "testB")
 

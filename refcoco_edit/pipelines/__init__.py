@@ -20,13 +20,10 @@ from typing import Any
 
 from refcoco_edit.pipelines.capabilities import EditPipeline, check_pipeline_class
 from refcoco_edit.registry import Registry
+from refcoco_edit.schema import PIPELINE_CLASSES
 
-PIPELINES: Registry[type[EditPipeline]] = Registry("pipeline", {
-    "composition": "refcoco_edit.pipelines.composition:CompositionPipeline",
-    "region_edit": "refcoco_edit.pipelines.region_edit:RegionEditPipeline",
-    "inpaint": "refcoco_edit.pipelines.inpaint:InpaintPipeline",
-    "classical_inpaint": "refcoco_edit.pipelines.classical_inpaint:ClassicalInpaintPipeline",
-}, check=check_pipeline_class)
+# the table is schema.PIPELINE_CLASSES, beside the `pipeline` field whose values it names
+PIPELINES: Registry[type[EditPipeline]] = Registry("pipeline", PIPELINE_CLASSES, check=check_pipeline_class)
 
 
 def pipeline_names() -> list[str]:
