@@ -8,13 +8,18 @@ For each ref (object mask + referring expression) of a RefCOCO-family dataset:
 2. Cover M_e with one flat, *named* colour (a fixed RGB per name). Colours named in the expression
    and colours close to the object's mean colour are avoided, so the cover stands out and the prompt
    does not say "the red mask" about a red object.
-3. Prompt: "paint {a subject} on the {colour} mask" in varied phrasings, with the ref's expression
-   woven in as the referring part, e.g. "paint a man on the red mask where the man on the left was".
-   Templates put the subject and colour only in the edit part (<...>) and the expression only in
-   {ref}; `prompts.render` records both spans while it assembles the text, so `referring_spans` and
-   `edit_spans` are exact and non-empty by construction (and checked again by `schema.validate`).
-   With `enrich` > 0 an LLM (through `refcoco_edit.text.llm`) rephrases the prompt; a rephrasing is kept
-   only if it passes the rephrasing checks and still names the colour in its edit part.
+3. Prompt, in one of two styles (`prompt_style`; both are recorded in `generation["prompts"]`, so a
+   training config can pick either from one dataset):
+   - `mask` (the default, the paper's recipe): the coloured mask is the referring part and the subject
+     the edit part, "paint a sandwich on the blue mask" (P_r = "the blue mask", P_e = "paint a
+     sandwich"); the RefCOCO expression only supplies the subject noun.
+   - `expression` (the toolkit's earlier recipe): the ref's expression is the referring part and the
+     subject and colour the edit part, "paint a man on the red mask where the man on the left was".
+   Templates mark the edit part (<...>) and the referring part ({ref}); `prompts.render` records both
+   spans while it assembles the text, so `referring_spans` and `edit_spans` are exact and non-empty by
+   construction (and checked again by `schema.validate`). With `enrich` > 0 an LLM (through
+   `refcoco_edit.text.llm`) rephrases the prompt; a rephrasing is kept only if it passes the rephrasing
+   checks and still names the colour in the part that carries it (P_r for `mask`, P_e for `expression`).
 4. Sample: source I_s = the covered picture, target I_e = the original picture, edit_mask = M_e,
    source_mask = M, edit_type "other", target = the subject noun, pipeline "synthetic", status
    "accepted", annotator "synth".
@@ -24,7 +29,13 @@ For each ref (object mask + referring expression) of a RefCOCO-family dataset:
    side: the flip swaps left/right words (left <-> right, leftmost <-> rightmost, also inside
    "left-hand") in the expression before the prompt is made, and is skipped when the expression holds
    an abbreviated direction it cannot swap safely ("lft", "rt", ...). (A "left" that means "remaining"
-   is swapped too; such expressions are rare in RefCOCO.)
+   is swapped too; such expressions are rare in RefCOCO.) The rule holds in both prompt styles, since
+   the `expression` prompt is recorded beside a `mask` one.
+
+Splits: only `train` refs by default. RefCOCO-Edit evaluates on the other splits (val, testA, testB,
+test), so their pictures must not become training targets; they are refused unless asked for with
+`allow_eval_splits` (`--allow-eval-splits`), which logs a warning. `generation["image_sha256"]` is
+`picture_hash` of the untouched picture, so a training run can tell later which pictures it saw.
 
 Everything random comes from `random.Random(f"synth:{seed}:{ref_id}")`, so one ref gives the same
 sample whatever `limit`, split filter or order, and the same seed gives the same dataset. Timestamps
@@ -72,8 +83,26 @@ NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
 _COLOUR_SYNONYMS = {"grey": "gray", "violet": "purple", "teal": "cyan", "turquoise": "cyan"}
 MIN_COLOUR_DISTANCE = 80.0  # RGB distance from the object's mean colour below which a colour is avoided
 
-# <...> is the edit part (subject and colour), {ref} the referring part, the rest glue.
-TEMPLATES: tuple[str, ...] = (
+# Prompt styles: `mask` (the paper's: P_r is the coloured mask, P_e paints the subject) and `expression`
+# (P_r is the RefCOCO expression, P_e paints the subject on the coloured mask).
+PROMPT_STYLES = ("mask", "expression")
+DEFAULT_PROMPT_STYLE = "mask"
+# Every split but this one is an evaluation split of RefCOCO-Edit (val, testA, testB, test).
+TRAIN_SPLIT = "train"
+
+# <...> is the edit part, {ref} the referring part ("the {colour} mask"), the rest glue.
+MASK_TEMPLATES: tuple[str, ...] = (
+    "<paint {target_np}> on {ref}",
+    "<draw {target_np}> over {ref}",
+    "<fill> {ref} <with {target_np}>",
+    "<replace> {ref} <with {target_np}>",
+    "<turn> {ref} <into {target_np}>",
+    "<paint {target_np}> in {ref}",
+    "<put {target_np}> where {ref} is",
+    "<restore {target_np}> under {ref}",
+)
+# <...> is the edit part (subject and colour), {ref} the referring part (the expression), the rest glue.
+EXPRESSION_TEMPLATES: tuple[str, ...] = (
     "<paint {target_np} on the {colour} mask> where {ref} was",
     "<paint {target_np} on the {colour} mask> to bring back {ref}",
     "<draw {target_np} over the {colour} mask> in place of {ref}",
@@ -93,12 +122,15 @@ Stage-1 (self-supervised) samples for ReferDiffusion, made from referring-segmen
 any generative model. For each ref, the object's mask is dilated by a few pixels (in proportion to
 the object's size) and the dilated area is filled with one flat named colour; the covered picture is
 the source, the untouched picture is the target, the dilated mask is the edit mask and the object's
-mask is the source mask. The prompt asks to paint the object's subject noun on the coloured mask and
-names the object with its RefCOCO expression (exact character spans of both parts are recorded);
-templates vary the phrasing. A random crop that keeps the whole edit mask and a horizontal flip (with
-left/right swapped in the expression, or skipped when the expression has a direction it cannot swap)
-are applied to all images and masks together. Every sample has edit type `other` and pipeline
-`synthetic`."""
+mask is the source mask. The prompt asks to paint the object's subject noun on the coloured mask. In
+the default `mask` style (the ReferDiffusion paper's) the coloured mask is the referring part and the
+painting of the subject the edit part ("paint a sandwich on the blue mask"); in the `expression` style
+the RefCOCO expression is the referring part. Exact character spans of both parts are recorded, and
+both styles' prompts are kept in the `generation` column; templates vary the phrasing. Only refs of the
+`train` split are used unless evaluation splits were asked for explicitly. A random crop that keeps
+the whole edit mask and a horizontal flip (with left/right swapped in the expression, or skipped when
+the expression has a direction it cannot swap) are applied to all images and masks together.
+Every sample has edit type `other` and pipeline `synthetic`."""
 
 
 @dataclass
@@ -107,7 +139,9 @@ class SynthConfig:
 
     seed: int = 0
     limit: int | None = None  # stop after this many samples
-    split: str | None = None  # one RefCOCO split, or all
+    split: str | None = TRAIN_SPLIT  # one RefCOCO split, or None for all
+    allow_eval_splits: bool = False  # True: val/testA/testB/test refs may be used (with a warning)
+    prompt_style: str = DEFAULT_PROMPT_STYLE  # mask (the paper's) | expression
     dilation_ratio: float = 0.05  # dilation radius = ratio x sqrt(object area) ...
     min_dilation_px: int = 3  # ... clipped to this range
     max_dilation_px: int = 25
@@ -131,7 +165,52 @@ class SynthConfig:
             raise InputError(f"unknown colour(s) {', '.join(unknown) or '(none)'}; known: {', '.join(NAMED_COLOURS)}")
         if self.enrich < 0:
             raise InputError("--enrich must be 0 or more")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise InputError(f"unknown prompt style {self.prompt_style!r}; known: {', '.join(PROMPT_STYLES)}")
+        if self.split is not None and self.split != TRAIN_SPLIT and not self.allow_eval_splits:
+            raise InputError(eval_split_message([self.split]))
         return self
+
+
+def eval_split_message(splits: Iterable[str]) -> str:
+    names = ", ".join(sorted(splits))
+    return (f"split(s) {names} are RefCOCO-Edit evaluation splits: stage-1 data made from them puts evaluation "
+            f"pictures into training. Use --split {TRAIN_SPLIT} (the default), or pass --allow-eval-splits to "
+            "use them anyway")
+
+
+def selected_eval_splits(data: Any, cfg: SynthConfig) -> list[str]:
+    """The evaluation splits (every split but train) whose refs `cfg` would use."""
+    if cfg.split is not None:
+        return [] if cfg.split == TRAIN_SPLIT else [cfg.split]
+    seen = {str(data.ref(r).get("split", "")) for r in data.ref_ids()}
+    return sorted(s for s in seen if s and s != TRAIN_SPLIT)
+
+
+def check_splits(data: Any, cfg: SynthConfig) -> list[str]:
+    """Refuse evaluation splits unless `cfg.allow_eval_splits`; then warn and return them."""
+    evals = selected_eval_splits(data, cfg)
+    if evals and not cfg.allow_eval_splits:
+        raise InputError(eval_split_message(evals))
+    if evals:
+        log.warning("stage-1 data from evaluation split(s) %s: a model trained on it has seen pictures that "
+                    "RefCOCO-Edit evaluates on", ", ".join(evals))
+    return evals
+
+
+def picture_hash(pixels: np.ndarray) -> str:
+    """sha256 of a picture's decoded pixels: "<width>x<height>:" then the RGB bytes, row-major.
+
+    Decoded pixels rather than file bytes, so the same picture read from a JPEG file, a PNG in a store or
+    a parquet export hashes the same (lossless re-encoding does not change it)."""
+    import hashlib
+
+    arr = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(f"picture_hash needs an (H, W, 3) RGB array, got shape {arr.shape}")
+    digest = hashlib.sha256(f"{arr.shape[1]}x{arr.shape[0]}:".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
 
 
 class SkipRef(RefcocoEditError):
@@ -210,11 +289,34 @@ def crop_box(rng: random.Random, keep: tuple[int, int, int, int], width: int, he
     return x0, y0, x0 + cw, y0 + ch
 
 
-def compose_prompt(rng: random.Random, expression: str, noun: str, colour: str) -> tuple[Prompt, str]:
-    """The stage-1 prompt and the template it came from; spans exact (validated)."""
-    template = rng.choice(TEMPLATES)
-    prompt = render(template, referring_phrase(expression), "other", noun, colour=colour)
+def mask_phrase(colour: str) -> str:
+    """The referring part of a `mask`-style prompt: "the blue mask"."""
+    return f"the {colour} mask"
+
+
+def compose_prompt(rng: random.Random, expression: str, noun: str, colour: str,
+                   style: str = DEFAULT_PROMPT_STYLE) -> tuple[Prompt, str]:
+    """The stage-1 prompt of one style and the template it came from; spans exact (validated)."""
+    if style == "mask":
+        template = rng.choice(MASK_TEMPLATES)
+        prompt = render(template, mask_phrase(colour), "other", noun)
+    elif style == "expression":
+        template = rng.choice(EXPRESSION_TEMPLATES)
+        prompt = render(template, referring_phrase(expression), "other", noun, colour=colour)
+    else:
+        raise InputError(f"unknown prompt style {style!r}; known: {', '.join(PROMPT_STYLES)}")
     return prompt.validate(), template
+
+
+def compose_prompts(rng: random.Random, expression: str, noun: str, colour: str) -> dict[str, tuple[Prompt, str]]:
+    """Both styles' prompts, templates drawn in a fixed order (expression first, as the earlier recipe drew
+    it alone), so a ref's prompts do not depend on the style asked for."""
+    return {style: compose_prompt(rng, expression, noun, colour, style) for style in ("expression", "mask")}
+
+
+def prompt_record(prompt: Prompt) -> dict[str, Any]:
+    """What `generation["prompts"][style]` keeps of a prompt: the text and both parts' spans."""
+    return {"prompt": prompt.prompt, "referring_spans": prompt.referring_spans, "edit_spans": prompt.edit_spans}
 
 
 # ---------------------------------------------------------------------------- one ref
@@ -251,6 +353,7 @@ def synth_sample(data: Any, ref_id: int, cfg: SynthConfig, ctx: _Context | None 
         image = np.asarray(data.load_image(ref["image_id"]).convert("RGB"))
     except (DataError, InputError, OSError) as exc:
         raise SkipRef(f"image: {exc}") from None
+    image_sha256 = picture_hash(image)
     if image.shape[:2] != mask.shape:
         raise SkipRef(f"image is {image.shape[1]}x{image.shape[0]} but the mask is {mask.shape[1]}x{mask.shape[0]}")
     radius = dilation_radius(area, cfg)
@@ -281,16 +384,20 @@ def synth_sample(data: Any, ref_id: int, cfg: SynthConfig, ctx: _Context | None 
     source = target.copy()
     source[me > 0] = NAMED_COLOURS[colour]
 
-    prompt, template = compose_prompt(rng, expression, noun, colour)
+    styles = compose_prompts(rng, expression, noun, colour)
+    prompt, template = styles[cfg.prompt_style]
     template_prompt = prompt.prompt
     if ctx.rephraser is not None and cfg.enrich > 0:
-        prompt = _enriched(ctx, prompt, cfg.enrich, colour, category, rng)
+        prompt = _enriched(ctx, prompt, cfg.enrich, colour, category, rng, cfg.prompt_style)
+    prompts = {style: prompt_record(p) for style, (p, _) in styles.items()}
+    prompts[cfg.prompt_style] = prompt_record(prompt)
     generation = {
         "stage": 1, "method": "synth", "seed": cfg.seed, "colour": colour, "rgb": list(NAMED_COLOURS[colour]),
         "dilation_px": radius, "crop_xyxy": list(box) if want_crop else None, "flipped": flipped,
         "flip_skipped": flip_skipped, "sentence": sentence, "sent_index": sent_index, "template": template,
         "subject": noun, "subject_how": subject.how, "prompt_source": prompt.source,
-        "template_prompt": template_prompt,
+        "template_prompt": template_prompt, "prompt_style": cfg.prompt_style, "prompts": prompts,
+        "image_sha256": image_sha256,
     }
     return Sample(
         sample_id=f"synth-{ref_id}-s{cfg.seed}", image_id=int(ref["image_id"]), ref_id=int(ref_id),
@@ -303,14 +410,17 @@ def synth_sample(data: Any, ref_id: int, cfg: SynthConfig, ctx: _Context | None 
     )
 
 
-def _enriched(ctx: _Context, prompt: Prompt, n: int, colour: str, category: str, rng: random.Random) -> Prompt:
-    """One of the prompt and its LLM rephrasings that keep the colour (chosen by `rng`)."""
+def _enriched(ctx: _Context, prompt: Prompt, n: int, colour: str, category: str, rng: random.Random,
+              style: str = DEFAULT_PROMPT_STYLE) -> Prompt:
+    """One of the prompt and its LLM rephrasings that keep the colour in the part that carries it
+    (P_r for `mask`, P_e for `expression`), chosen by `rng`."""
     try:
         enrichment = ctx.rephraser.rephrase(prompt, n, category=category, extra_nouns=ctx.category_names)
     except RefcocoEditError as exc:
         log.warning("rephrasing %r failed, the template prompt stands: %s", prompt.prompt, exc)
         return prompt
-    keep = [p for p in enrichment.rephrasings if colour in tokens(p.edit_text) and not p.problems()]
+    keep = [p for p in enrichment.rephrasings
+            if colour in tokens(p.referring_text if style == "mask" else p.edit_text) and not p.problems()]
     return rng.choice([prompt, *keep])
 
 
@@ -335,8 +445,10 @@ class SynthSummary:
 
 def iter_synth(data: Any, cfg: SynthConfig, summary: SynthSummary | None = None,
                rephraser: Any = None) -> Iterator[Sample]:
-    """Stage-1 samples of the dataset's refs in file order (one split when `cfg.split`), up to `cfg.limit`."""
+    """Stage-1 samples of the dataset's refs in file order (one split when `cfg.split`), up to `cfg.limit`.
+    Evaluation splits are refused unless `cfg.allow_eval_splits` (`check_splits`)."""
     cfg.check()
+    check_splits(data, cfg)
     summary = summary if summary is not None else SynthSummary()
     ctx = _Context([c["name"] for c in data.categories], rephraser)
     for ref_id in data.ref_ids(split=cfg.split):
@@ -370,14 +482,15 @@ def synth_dataset(data: Any, out: Path | str, cfg: SynthConfig, *, rephraser: An
     from refcoco_edit.dataset.export import DatasetWriter
 
     cfg.check()
+    check_splits(data, cfg)
     summary = SynthSummary()
     card = CardInfo(
         pretty_name="RefCOCO-Edit stage-1 (synthetic)",
         summary=("Self-supervised referring-editing samples: the referred object is covered by a flat named "
                  "colour and the instruction asks to paint it back."),
         how_built=SYNTH_HOW_BUILT,
-        source=f"{data.dataset} ({data.split_by})" + (f", split {cfg.split}" if cfg.split else "")
-               + f", seed {cfg.seed}",
+        source=f"{data.dataset} ({data.split_by})" + (f", split {cfg.split}" if cfg.split else ", every split")
+               + f", seed {cfg.seed}, prompt style {cfg.prompt_style}",
         extra_tags=["synthetic", "self-supervised"],
     )
     total = cfg.limit if cfg.limit is not None else len(data.ref_ids(split=cfg.split))

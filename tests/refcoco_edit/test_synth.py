@@ -12,11 +12,14 @@ import pytest
 
 from refcoco_edit.cli import main
 from refcoco_edit.dataset.synth import (
+    MASK_TEMPLATES,
     NAMED_COLOURS,
     SynthConfig,
     choose_colour,
+    compose_prompt,
     crop_box,
     iter_synth,
+    picture_hash,
     swap_left_right,
     synth_dataset,
     synth_sample,
@@ -49,7 +52,8 @@ def _original(data: RefCOCO, sample) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------- the samples
 def test_every_sample_relates_source_target_and_masks_as_designed(shapes: RefCOCO) -> None:
     samples = list(iter_synth(shapes, SynthConfig(seed=3)))
-    assert len(samples) == len(shapes.ref_ids())  # every RefShapes ref gives one
+    assert len(samples) == len(shapes.ref_ids(split="train"))  # every train ref gives one
+    assert {s.split for s in samples} == {"train"}
     assert any(s.generation["flipped"] for s in samples) and any(s.generation["crop_xyxy"] for s in samples)
     assert any(not s.generation["flipped"] for s in samples) and any(s.generation["crop_xyxy"] is None
                                                                       for s in samples)
@@ -69,8 +73,8 @@ def test_every_sample_relates_source_target_and_masks_as_designed(shapes: RefCOC
         assert s.annotator == "synth" and s.target
 
 
-def test_spans_are_exact_and_name_the_expression_colour_and_subject(shapes: RefCOCO) -> None:
-    for s in iter_synth(shapes, SynthConfig(seed=5, limit=40)):
+def test_expression_style_spans_are_exact_and_name_the_expression_colour_and_subject(shapes: RefCOCO) -> None:
+    for s in iter_synth(shapes, SynthConfig(seed=5, limit=40, prompt_style="expression")):
         g = s.generation
         assert s.referring_spans and s.edit_spans
         assert " ".join(s.prompt[a:b] for a, b in s.referring_spans) == s.referring_text
@@ -80,6 +84,79 @@ def test_spans_are_exact_and_name_the_expression_colour_and_subject(shapes: RefC
         assert g["sentence"] in ref_sentences(shapes.ref(s.ref_id))
         assert f"the {g['colour']} mask" in s.edit_text
         assert s.target in s.edit_text and s.target in s.prompt
+
+
+def test_mask_style_is_the_default_and_refers_to_the_coloured_mask(shapes: RefCOCO) -> None:
+    samples = list(iter_synth(shapes, SynthConfig(seed=5, limit=40)))
+    for s in samples:
+        g = s.generation
+        assert g["prompt_style"] == "mask"
+        assert " ".join(s.prompt[a:b] for a, b in s.referring_spans) == s.referring_text
+        assert " ".join(s.prompt[a:b] for a, b in s.edit_spans) == s.edit_text
+        assert s.referring_text == f"the {g['colour']} mask"  # P_r: the coloured mask
+        assert s.target in s.edit_text and g["colour"] not in s.edit_text  # P_e: paint the subject
+        expression = swap_left_right(g["sentence"]) if g["flipped"] else g["sentence"]
+        assert expression.lower() not in s.prompt.lower()  # the RefCOCO expression is not in the prompt
+    assert len({s.generation["template"] for s in samples}) > 3  # the templates vary the phrasing
+
+
+def test_the_papers_example_prompt_and_spans() -> None:
+    import random
+
+    class First(random.Random):
+        def choice(self, seq):  # always the first template: "<paint {target_np}> on {ref}"
+            return seq[0]
+
+    assert MASK_TEMPLATES[0] == "<paint {target_np}> on {ref}"
+    p, _ = compose_prompt(First(0), "sandwich on the left", "sandwich", "blue", "mask")
+    assert p.prompt == "paint a sandwich on the blue mask"
+    assert p.referring_spans == [[20, 33]] and p.prompt[20:33] == "the blue mask" == p.referring_text
+    assert p.edit_spans == [[0, 16]] and p.prompt[0:16] == "paint a sandwich" == p.edit_text
+
+
+def test_both_styles_are_recorded_and_the_style_changes_only_the_prompt(shapes: RefCOCO) -> None:
+    for ref_id in shapes.ref_ids(split="train")[:15]:
+        m = synth_sample(shapes, ref_id, SynthConfig(seed=9, prompt_style="mask"))
+        e = synth_sample(shapes, ref_id, SynthConfig(seed=9, prompt_style="expression"))
+        np.testing.assert_array_equal(np.asarray(m.source_image), np.asarray(e.source_image))
+        np.testing.assert_array_equal(m.edit_mask, e.edit_mask)
+        assert m.generation["prompts"] == e.generation["prompts"]
+        for sample, style in ((m, "mask"), (e, "expression")):
+            rec = sample.generation["prompts"][style]
+            assert (rec["prompt"], rec["referring_spans"], rec["edit_spans"]) == (
+                sample.prompt, sample.referring_spans, sample.edit_spans)
+        other = m.generation["prompts"]["expression"]
+        assert Prompt.from_spans(other["prompt"], other["referring_spans"], other["edit_spans"], "other",
+                                 m.target).referring_text == e.referring_text
+
+
+def test_image_hash_is_of_the_untouched_picture(shapes: RefCOCO) -> None:
+    s = synth_sample(shapes, shapes.ref_ids(split="train")[0], SynthConfig(seed=0, crop_prob=1, flip_prob=1))
+    original = np.asarray(shapes.load_image(s.image_id).convert("RGB"))
+    assert s.generation["image_sha256"] == picture_hash(original)
+    assert picture_hash(original) != picture_hash(original[:, ::-1])
+    assert picture_hash(original) != picture_hash(original.reshape(original.shape[1], original.shape[0], 3))
+
+
+# ---------------------------------------------------------------------------- splits
+def test_evaluation_splits_are_refused_unless_asked_for(shapes: RefCOCO, caplog) -> None:
+    with pytest.raises(InputError, match="testA.*--allow-eval-splits"):
+        SynthConfig(split="testA").check()
+    with pytest.raises(InputError, match="testA, testB, val"):
+        next(iter_synth(shapes, SynthConfig(split=None)))
+    with caplog.at_level("WARNING"):
+        samples = list(iter_synth(shapes, SynthConfig(split=None, allow_eval_splits=True)))
+    assert len(samples) == len(shapes.ref_ids())
+    assert {"testA", "testB"} <= {s.split for s in samples}
+    assert "evaluation split" in caplog.text
+
+
+def test_cli_refuses_evaluation_splits_and_warns_when_allowed(tmp_path: Path, capsys) -> None:
+    assert main(["synth", "--refcoco", "sample", "--out", str(tmp_path / "x"), "--split", "testA"]) == 2
+    assert "--allow-eval-splits" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["synth", "--refcoco", "sample", "--out", str(tmp_path / "y"), "--split", "all",
+                 "--allow-eval-splits", "--limit", "3", "--no-save-to-disk", "--json"]) == 0
+    assert "warning: using evaluation split(s) testA, testB, val" in capsys.readouterr().err
 
 
 def test_dilation_grows_with_the_object(shapes: RefCOCO) -> None:
@@ -156,7 +233,7 @@ def test_swap_left_right(text: str, want: str | None) -> None:
 
 def test_flip_swaps_the_expression_and_mirrors_everything(tmp_path: Path, mini_root: Path) -> None:
     data = RefCOCO.load(mini_root)
-    cfg = SynthConfig(seed=0, flip_prob=1.0, crop_prob=0.0)
+    cfg = SynthConfig(seed=0, flip_prob=1.0, crop_prob=0.0, prompt_style="expression")
     s = synth_sample(data, 0, cfg)  # "man on the left" / "the left guy"
     assert s.generation["flipped"]
     assert "right" in s.referring_text and "left" not in s.referring_text
@@ -202,6 +279,14 @@ class FakeRephraser:
 
     def rephrase(self, prompt: Prompt, n: int, *, category=None, extra_nouns=()) -> Enrichment:
         self.calls += 1
+        if prompt.referring_text.endswith(" mask"):  # mask style: the colour is in P_r
+            out = []
+            for text, ref in ((f"please paint {prompt.target} over {prompt.referring_text}", prompt.referring_text),
+                              (f"please paint {prompt.target} over that area", "that area")):
+                r = text.index(ref)
+                out.append(Prompt.from_spans(text, [[r, r + len(ref)]], [[0, len(f"please paint {prompt.target}")]],
+                                             "other", prompt.target, source="llm", reviewed=False))
+            return Enrichment(prompt, rephrasings=out)
         colour = next(c for c in NAMED_COLOURS if f"the {c} mask" in prompt.edit_text)
         good_text = f"please paint {prompt.target} over the {colour} mask where {prompt.referring_text} was"
         bad_text = f"please paint {prompt.target} where {prompt.referring_text} was"
@@ -214,14 +299,17 @@ class FakeRephraser:
         return Enrichment(prompt, rephrasings=out)
 
 
-def test_enrichment_keeps_only_rephrasings_that_name_the_colour(shapes: RefCOCO) -> None:
+@pytest.mark.parametrize("style", ["mask", "expression"])
+def test_enrichment_keeps_only_rephrasings_that_name_the_colour(shapes: RefCOCO, style: str) -> None:
     fake = FakeRephraser()
-    samples = list(iter_synth(shapes, SynthConfig(seed=1, limit=30, enrich=2), rephraser=fake))
+    samples = list(iter_synth(shapes, SynthConfig(seed=1, limit=30, enrich=2, prompt_style=style), rephraser=fake))
     assert fake.calls == 30
     sources = {s.generation["prompt_source"] for s in samples}
     assert sources == {"template", "llm"}
     for s in samples:
-        assert f"the {s.generation['colour']} mask" in s.edit_text
+        part = s.referring_text if style == "mask" else s.edit_text
+        assert f"the {s.generation['colour']} mask" in part
+        assert s.generation["prompts"][style]["prompt"] == s.prompt
         assert validate(s) == []
         if s.generation["prompt_source"] == "llm":
             assert s.prompt.startswith("please paint") and s.prompt != s.generation["template_prompt"]
