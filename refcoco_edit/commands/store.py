@@ -37,8 +37,16 @@ def register(sub) -> argparse.ArgumentParser:
     a.add_argument("file", type=Path, metavar="FILE")
     a.add_argument("--user", default="import", help="name recorded in the audit log")
 
-    a = actions.add_parser("check", help="database integrity and image files; exit 1 when damaged")
+    a = actions.add_parser("check", help="database integrity, image files, the store's rules and the background "
+                                         "invariant; exit 1 when damaged")
     a.add_argument("--verify-blobs", action="store_true", help="also decode every image and check its hash")
+    a.add_argument("--json", action="store_true")
+
+    a = actions.add_parser("repair", help="repair samples that break the background invariant (docs/invariant.md)")
+    a.add_argument("--background", action="store_true", required=True,
+                   help="copy the source into each sample's edited image outside its edit mask M_e")
+    a.add_argument("--dry-run", action="store_true", help="list the samples that would be repaired, change nothing")
+    a.add_argument("--user", default="repair", help="name recorded in the audit log")
     a.add_argument("--json", action="store_true")
     return p
 
@@ -138,8 +146,23 @@ def run(args: argparse.Namespace) -> int:
                 print(("ok" if report["ok"] else "DAMAGED") + f": integrity {', '.join(report['integrity'])}; "
                       f"{len(report['missing_blobs'])} missing and {len(report['corrupt_blobs'])} corrupt images; "
                       f"{report['unreferenced_blobs']} unreferenced images; {report['temp_files']} temporary files; "
-                      f"{len(report['invalid_rows'])} rows breaking the store's rules")
+                      f"{len(report['invalid_rows'])} rows breaking the store's rules; "
+                      f"{len(report['background_rows'])} samples whose edited image differs from the source "
+                      "outside M_e")
                 for line in report["invalid_rows"]:
                     print(f"  {line}")
+                for line in report["background_rows"]:
+                    print(f"  {line}")
+                if report["background_rows"]:
+                    print(f"  repair them with: refcoco-edit store --store {args.store} repair --background")
             return 0 if report["ok"] else 1
+        elif action == "repair":
+            rows = store.repair_background(args.user, dry_run=args.dry_run)
+            if args.json:
+                print_json({"dry_run": args.dry_run, "samples": [vars(r) for r in rows]})
+            else:
+                verb = "would repair" if args.dry_run else "repaired"
+                print(f"{verb} {len(rows)} sample(s) whose edited image differed from the source outside M_e")
+                for r in rows:
+                    print(f"  {r}")
     return 0

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 from refcoco_edit.errors import DataError, InputError, RefcocoEditError
 from refcoco_edit.schema import IMAGE_FIELDS, MASK_FIELDS, Sample, validate
-from refcoco_edit.store import rle, rules
+from refcoco_edit.store import background, rle, rules
 from refcoco_edit.store.blobs import BlobStore
 from refcoco_edit.store.encoding import dumps, now_iso
 from refcoco_edit.store.errors import ConflictError, DuplicateKeyError, NotFoundError, StoreError
@@ -302,6 +302,7 @@ class Store:
         self._check_enums(values)
         if sample.status in VALIDATED_STATUSES:
             self._require_valid(sample)
+        background.for_new(values)  # I_e == I_s outside M_e (see store/background.py)
         sample_id = sample.sample_id or (key_sample_id(key) if key else secrets.token_hex(12))
         stamp = now_iso()
         values.update(sample_id=sample_id, created_at=sample.created_at or stamp, updated_at=stamp)
@@ -359,6 +360,7 @@ class Store:
         before = self._row(sample_id)
         if before["version"] != expected_version:
             raise ConflictError(sample_id, expected_version, before["version"])
+        background.for_change(self, before, changes)  # I_e == I_s outside M_e (see store/background.py)
         cols = self._encode(changes)
         if changes.get("status", before["status"]) in VALIDATED_STATUSES:
             merged = self._sample_from_row({**dict(before), **cols})
@@ -728,10 +730,36 @@ class Store:
         stored = set(self.blobs.all_hashes())
         temp = sum(1 for _ in self.blobs.tmp.iterdir()) if self.blobs.tmp.is_dir() else 0
         invalid = list(rules.invalid_rows(self))
-        ok = integrity == ["ok"] and not fk and not missing and not corrupt and not invalid
+        outside = [str(r) for r in background.background_rows(self)]
+        ok = integrity == ["ok"] and not fk and not missing and not corrupt and not invalid and not outside
         return {"ok": ok, "integrity": integrity, "foreign_key_violations": len(fk), "missing_blobs": missing,
                 "corrupt_blobs": corrupt, "unreferenced_blobs": len(stored - referenced), "temp_files": temp,
-                "invalid_rows": invalid}
+                "invalid_rows": invalid, "background_rows": outside}
+
+    @_locked
+    def background_rows(self) -> list[background.BackgroundRow]:
+        """Samples whose edited image differs from the source outside M_e (`store/background.py`)."""
+        return list(background.background_rows(self))
+
+    @_locked
+    def repair_background(self, user: str = "repair", *, dry_run: bool = False) -> list[background.BackgroundRow]:
+        """Copy the source into every sample's edited image outside its M_e (the pixels inside M_e are
+        kept), one audited change (`repair_background`) per sample; the samples found (with `dry_run`,
+        only found). A sample changed by someone else in between is left for the next run."""
+        found = list(background.background_rows(self))
+        if dry_run:
+            return found
+        repaired = []
+        for row in found:
+            rec = self._record(self._row(row.sample_id))
+            try:
+                self._change(row.sample_id, {"edited_image": rec.sample.edited_image}, rec.version, user,
+                             "repair_background")
+            except ConflictError as exc:
+                log.warning("%s not repaired: %s", row.sample_id, exc)
+                continue
+            repaired.append(row)
+        return repaired
 
     def dump(self, path: Path | str) -> dict:
         """Write a full, restorable backup (JSON lines, images embedded; gzip when the name ends .gz)."""

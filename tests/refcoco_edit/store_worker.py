@@ -24,12 +24,15 @@ def make_sample(seed: int, *, status: str = "candidate", size: int = 16, split: 
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    src = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    edited = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    src = Image.fromarray(pixels)
     mask = np.zeros((size, size), np.uint8)
     mask[2: 2 + size // 3, 3: 3 + size // 2] = 1
     edit_mask = np.zeros((size, size), np.uint8)
     edit_mask[1: 1 + size // 2, 2: 2 + size // 2] = 1
+    # the edit changes only M_e: outside it the edited image is the source (the store's invariant)
+    edited = Image.fromarray(np.where(edit_mask[:, :, None] == 1,
+                                      rng.integers(0, 256, (size, size, 3), dtype=np.uint8), pixels))
     return Sample(sample_id="", image_id=seed, ref_id=1000 + seed, ann_id=2000 + seed, split=split,
                   source_image=src, edited_image=edited, source_mask=mask, edit_mask=edit_mask, prompt=PROMPT,
                   referring_text="the cat on the left", edit_text="replace with a dog",

@@ -197,8 +197,10 @@ def test_optimistic_versions_refuse_a_stale_write(tmp_path: Path) -> None:
     assert b.update_sample(sid, {"edit_mask": new_mask, "edited_image": new_img}, 2, "bob") == 3
     got = a.get_sample(sid).sample
     np.testing.assert_array_equal(got.edit_mask, new_mask)
-    assert_same_image(got.edited_image, new_img)
-    assert a.audit(sid)[-1].diff["edited_image"][1] == pixel_hash(new_img)
+    # outside the new M_e the store keeps the source (the background invariant, store/background.py)
+    want = np.where(new_mask[:, :, None] == 1, np.asarray(new_img), np.asarray(got.source_image))
+    np.testing.assert_array_equal(np.asarray(got.edited_image), want)
+    assert a.audit(sid)[-1].diff["edited_image"][1] == pixel_hash(Image.fromarray(want))
     assert a.audit(sid)[-1].diff["edit_mask"][1] == rle.encode(new_mask)
     a.close()
     b.close()
@@ -277,7 +279,10 @@ def test_candidates_are_stored_and_one_is_chosen(store: Store) -> None:
     v = store.choose_candidate(sid, ids[1], "ann", expected_version=1)
     rec = store.get_sample(sid)
     assert v == rec.version == 2
-    assert_same_image(rec.sample.edited_image, cands[1].image)
+    # the candidate inside its M_e, the source outside (the background invariant)
+    inside = cands[1].edit_mask[:, :, None] == 1
+    np.testing.assert_array_equal(np.asarray(rec.sample.edited_image),
+                                  np.where(inside, np.asarray(cands[1].image), np.asarray(rec.sample.source_image)))
     np.testing.assert_array_equal(rec.sample.edit_mask, cands[1].edit_mask)
     assert rec.sample.generation == {"steps": 20, "guidance": 7.5, "model": "tiny-pbe", "seed": 8}
     assert [c.chosen for c in store.get_candidates(sid, images=False)] == [False, True]
@@ -424,8 +429,9 @@ def test_dump_and_import_restore_everything(store: Store, tmp_path: Path, name: 
     ids = _fill(store)
     first = tmp_path / name
     counts = store.dump(first)
-    # 8 images: 3 samples x 2, 2 candidates; the edited image the chosen candidate replaced is kept
-    assert counts == {"blob": 8, "user": 1, "sample": 4, "candidate": 2, "review": 1, "assignment": 1,
+    # 9 images: 3 samples x 2, 2 candidates, the chosen candidate with the source outside M_e; the
+    # edited image it replaced is kept
+    assert counts == {"blob": 9, "user": 1, "sample": 4, "candidate": 2, "review": 1, "assignment": 1,
                       "audit": len(store.audit())}
     with Store.open(tmp_path / "restored.sqlite", durable=False) as restored:
         result = restored.import_(first)
