@@ -11,6 +11,12 @@ the benchmark agree on one encoding.
     ds = load_refcoco_edit("out/refcoco-edit", split="val")   # a datasets.Dataset
     for sample in SampleView(ds):                              # refcoco_edit.schema.Sample
         ...
+
+A dataset may come from anyone: `SampleView` and `iter_samples` read image and mask cells undecoded
+(`undecoded`) and decode them here through `refcoco_edit.imaging.files.open_image`, so the pixel limit
+holds (a 12000x9000 PNG of a few hundred kilobytes is refused from its header) and `datasets` never
+follows a path or URL that a cell names. A cell that names a file instead of holding bytes is read only
+inside the dataset's folder (`root`), never elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.imaging.files import check_pixels, inside, open_image
 from refcoco_edit.io import json_default
 from refcoco_edit.schema import EDIT_TYPES, IMAGE_FIELDS, MASK_FIELDS, PIPELINES, Sample
 
@@ -57,11 +64,15 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _open_png(value: Any):
-    """A PIL image from what a dataset row may hold: a PIL image, {"bytes", "path"}, bytes or a path."""
+def _open_png(value: Any, *, what: str = "image cell", root: Path | str | None = None):
+    """A PIL image from what a dataset row may hold: a PIL image, {"bytes", "path"}, bytes or a path.
+
+    Every encoded image goes through `open_image` (the pixel limit); a path is read only inside `root`
+    (the dataset's folder) and refused when there is none."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
+        check_pixels(*value.size, what)
         return value
     if isinstance(value, dict):
         if value.get("bytes") is not None:
@@ -69,29 +80,29 @@ def _open_png(value: Any):
         elif value.get("path"):
             value = value["path"]
         else:
-            raise DataError("an image cell holds neither bytes nor a path")
-    try:
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            im = Image.open(io.BytesIO(bytes(value)))
-        else:
-            im = Image.open(Path(value))
-        im.load()
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"unreadable image cell: {exc}") from None
-    return im
+            raise DataError(f"{what}: the cell holds neither bytes nor a path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return open_image(bytes(value), what=what, mode=None)
+    if not isinstance(value, (str, Path)):
+        raise DataError(f"{what}: the cell holds {type(value).__name__}, not an image")
+    if root is None:
+        raise DataError(f"{what}: the cell names a file ({value}) instead of holding the image; such files are "
+                        "read only from a dataset folder")
+    return open_image(inside(root, value, what=what), what=what, mode=None)
 
 
-def decode_image(value: Any):
-    """An image cell as a loaded PIL image (mode as stored, normally RGB)."""
-    return _open_png(value)
+def decode_image(value: Any, *, what: str = "image cell", root: Path | str | None = None):
+    """An image cell as a loaded PIL image (mode as stored, normally RGB), within the pixel limit;
+    `what` names it in errors, `root` is the folder a path cell must stay in."""
+    return _open_png(value, what=what, root=root)
 
 
-def decode_mask(value: Any) -> np.ndarray:
+def decode_mask(value: Any, *, what: str = "mask cell", root: Path | str | None = None) -> np.ndarray:
     """A mask cell (0/255 "L" image, 0/1 array, PIL, bytes) as a (H, W) uint8 array of 0 and 1."""
     if isinstance(value, np.ndarray):
         arr = value
     else:
-        im = _open_png(value)
+        im = _open_png(value, what=what, root=root)
         arr = np.asarray(im.convert("L") if im.mode not in ("L", "1") else im)
     if arr.ndim == 3:
         arr = arr[..., 0]
@@ -142,13 +153,15 @@ def _label(name: str, value: Any, features: Any = None) -> str:
         raise DataError(f"{name} label {value!r} is not one of 0..{len(names) - 1}") from None
 
 
-def row_to_sample(row: dict[str, Any], features: Any = None) -> Sample:
+def row_to_sample(row: dict[str, Any], features: Any = None, *, root: Path | str | None = None) -> Sample:
     """A dataset row (decoded or not) as a `Sample`: PIL images, 0/1 masks, label names, dict generation.
 
     `features` (the dataset's) names the class labels; without it the schema's order is used, which is
-    the order the export writes.
+    the order the export writes. `root` is the dataset's folder, the only place a cell naming a file
+    may be read from (none: such cells are refused).
     """
     kwargs: dict[str, Any] = {}
+    sid = row.get("sample_id", "?")
     for name in Sample.field_names():
         if name not in row:
             if name in ("created_at", "updated_at", "reviewer", "annotator", "target"):
@@ -157,9 +170,9 @@ def row_to_sample(row: dict[str, Any], features: Any = None) -> Sample:
             raise DataError(f"row has no field {name!r}")
         value = row[name]
         if name in IMAGE_FIELDS:
-            kwargs[name] = decode_image(value)
+            kwargs[name] = decode_image(value, what=f"sample {sid}: {name}", root=root)
         elif name in MASK_FIELDS:
-            kwargs[name] = decode_mask(value)
+            kwargs[name] = decode_mask(value, what=f"sample {sid}: {name}", root=root)
         elif name in CLASS_LABEL_FIELDS:
             kwargs[name] = _label(name, value, features)
         elif name == "generation":
@@ -210,19 +223,36 @@ def _pick(ds: Any, split: str | None, where: Path):
     return ds
 
 
-def iter_samples(dataset: Any) -> Iterator[Sample]:
-    """Every row of a `Dataset` (or `IterableDataset`) as a `Sample`."""
+def undecoded(dataset: Any) -> Any:
+    """`dataset` with its image and mask columns as undecoded {"bytes", "path"} cells, so that
+    `row_to_sample` decodes them within the pixel limit instead of `datasets` (which has none, and
+    opens any path or URL a cell names)."""
+    from datasets import Image as ImageFeature
+
+    features = getattr(dataset, "features", None) or {}
+    for name in (*IMAGE_FIELDS, *MASK_FIELDS):
+        feature = features.get(name)
+        if isinstance(feature, ImageFeature) and feature.decode:
+            dataset = dataset.cast_column(name, ImageFeature(decode=False))
+    return dataset
+
+
+def iter_samples(dataset: Any, *, root: Path | str | None = None) -> Iterator[Sample]:
+    """Every row of a `Dataset` (or `IterableDataset`) as a `Sample`; `root`: see `row_to_sample`."""
+    dataset = undecoded(dataset)
     features = getattr(dataset, "features", None)
     for row in dataset:
-        yield row_to_sample(row, features)
+        yield row_to_sample(row, features, root=root)
 
 
 class SampleView(Sequence):
-    """A `Dataset` seen as a sequence of `Sample`s (random access for trainers, `len`, iteration)."""
+    """A `Dataset` seen as a sequence of `Sample`s (random access for trainers, `len`, iteration);
+    `root`: see `row_to_sample`."""
 
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-        self.features = dataset.features
+    def __init__(self, dataset: Any, *, root: Path | str | None = None) -> None:
+        self.dataset = undecoded(dataset)
+        self.features = self.dataset.features
+        self.root = root
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -230,7 +260,7 @@ class SampleView(Sequence):
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         if isinstance(index, slice):
             raise TypeError("SampleView takes integer indices")
-        return row_to_sample(self.dataset[int(index)], self.features)
+        return row_to_sample(self.dataset[int(index)], self.features, root=self.root)
 
     def __iter__(self) -> Iterator[Sample]:
-        return iter_samples(self.dataset)
+        return iter_samples(self.dataset, root=self.root)

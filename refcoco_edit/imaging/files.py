@@ -1,14 +1,19 @@
-"""Opening images safely: the one place that holds the toolkit's pixel limit, and turns unreadable,
-truncated or oversized files into clear errors.
+"""Opening files that other people wrote, safely: the one place that holds the toolkit's pixel limit
+and the one rule for paths that such files name.
 
 Every image the project opens from a file or from bytes someone else wrote (datasets, store blobs,
 dumps, uploads, run outputs) goes through `open_image`, so a decompression bomb or a 12000x9000 PNG
 of a few hundred kilobytes is refused from its header, before a pixel is decoded, with the file named.
+
+Every path read from such a file (a run folder's samples.jsonl, a submission's links, a dataset's
+image cells) goes through `inside`, so that `../../etc/passwd`, an absolute path or a symlink can
+never make a leaderboard, a scorer or a loader read a file outside the folder it was given.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +26,31 @@ if TYPE_CHECKING:
 # 8192 x 8192: far above any COCO image (640 x 640) and small enough that a decompression bomb is
 # refused before it is decoded.
 MAX_PIXELS = 8192 * 8192
+
+
+class OutsideFolderError(DataError):
+    """A path read from an untrusted file leads outside the folder it must stay in."""
+
+
+def inside(root: Path | str, relative: Path | str, *, what: str | None = None) -> Path:
+    """The real path of `relative` (relative to `root`, or absolute) once symlinks and '..' are resolved,
+    refused with `OutsideFolderError` unless it lies inside `root` (itself resolved).
+
+    `what` names whose path it is in the error (a run and a sample, a submission file). The file need
+    not exist; a link in it that points outside is refused whether or not its target exists.
+    """
+    label = f"{what}: " if what else ""
+    if not isinstance(relative, (str, os.PathLike)) or not str(relative):
+        raise DataError(f"{label}{relative!r} is not a file path")
+    try:
+        base = Path(root).resolve()
+        target = (base / relative).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a link loop, a NUL byte
+        raise DataError(f"{label}path {str(relative)!r} cannot be resolved: {exc}") from None
+    if not target.is_relative_to(base):
+        raise OutsideFolderError(f"{label}path {str(relative)!r} leads outside {root} (to {target}); refused: "
+                                 "only files inside the folder are read")
+    return target
 
 
 def check_pixels(width: int, height: int, what: str, max_pixels: int = MAX_PIXELS) -> None:
