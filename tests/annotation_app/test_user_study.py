@@ -1,4 +1,6 @@
-"""The user study: items from a manifest, hidden shuffled methods, checked ratings, means with intervals."""
+"""The user study: items from a manifest, hidden shuffled methods, the paper's two questions (and the
+optional third), checked ratings, old stores migrated, means with intervals; the page's handlers as
+Gradio calls them, and the admin-only export over HTTP."""
 
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def test_order_is_shuffled_per_rater_and_stable():
 def test_rating_flow_and_export(ctx, tmp_path):
     ctx.study.import_manifest(write_manifest(tmp_path / "m"))
     # every rater rates every item; the score a method gets is fixed per method, so means are known
-    want = {"ip2p": (2, 3), "magicbrush": (3, 3), "referdiffusion": (5, 4)}
+    want = {"ip2p": (2, 3), "magicbrush": (3, 3), "referdiffusion": (5, 4)}  # (quality, prompt consistency)
     for rater in ("ann1", "ann2", "rev1"):
         st, view = U.study_next(ctx, rater, None)
         seen = 0
@@ -107,17 +109,27 @@ def test_rating_flow_and_export(ctx, tmp_path):
     out = U.study_export(ctx, "boss")
     rows = {r[0]: dict(zip(out["columns"], r)) for r in out["rows"]}
     for m, (q, c) in want.items():
-        assert rows[m]["quality_mean"] == q and rows[m]["consistency_mean"] == c
+        assert rows[m]["quality_mean"] == q and rows[m]["prompt_consistency_mean"] == c
         assert rows[m]["quality_low"] == q == rows[m]["quality_high"]  # no spread, no width
         assert rows[m]["ratings"] == 9 and rows[m]["items"] == 3 and rows[m]["raters"] == 3
-    assert out["csv"].splitlines()[0].startswith("method,ratings,items,raters,quality_mean")
-    assert len(out["csv"].splitlines()) == 4
+        assert rows[m]["quality_ratings"] == rows[m]["prompt_consistency_ratings"] == 9
+        # the third question is not asked by default: no scores, an empty cell
+        assert rows[m]["preservation_ratings"] == 0 and rows[m]["preservation_mean"] is None
+    lines = out["csv"].splitlines()
+    assert lines[0] == ("method,ratings,items,raters,quality_mean,quality_low,quality_high,quality_ratings,"
+                        "prompt_consistency_mean,prompt_consistency_low,prompt_consistency_high,"
+                        "prompt_consistency_ratings,preservation_mean,preservation_low,preservation_high,"
+                        "preservation_ratings")
+    assert len(lines) == 4 and lines[3] == "referdiffusion,9,3,3,5.0000,5.0000,5.0000,9,4.0000,4.0000,4.0000,9,,,,0"
+    stored = ctx.study.ratings()
+    assert {(r["quality"], r["prompt_consistency"], r["preservation"]) for r in stored} == {
+        (q, c, None) for q, c in want.values()}
 
 
 def test_rating_refusals(ctx, tmp_path):
     ctx.study.import_manifest(write_manifest(tmp_path / "m", n_items=1))
     st, _ = U.study_next(ctx, "ann1", None)
-    with pytest.raises(StateError, match="score every output"):
+    with pytest.raises(StateError, match="score every output for image quality and consistency with the prompt"):
         U.study_rate(ctx, "ann1", st, [(1, 2), (3, None), (4, 4)])
     with pytest.raises(StateError, match="score every output"):
         U.study_rate(ctx, "ann1", st, [(1, 2)])
@@ -139,3 +151,152 @@ def test_rating_refusals(ctx, tmp_path):
 def test_empty_study(ctx):
     st, view = U.study_next(ctx, "ann1", None)
     assert st.item_id is None and "No study items" in view["message"]
+
+
+def test_third_question_is_asked_when_the_option_is_on(ctx, tmp_path):
+    study = ctx.study
+    assert study.options() == {"preservation": False}
+    assert [q.key for q in study.questions()] == ["quality", "prompt_consistency"]
+    manifest = write_manifest(tmp_path / "m", n_items=2)
+    # an options line in the manifest turns the third question on
+    manifest.write_text('{"options": {"preservation": true}}\n' + manifest.read_text())
+    assert study.import_manifest(manifest) == 2
+    assert study.options() == {"preservation": True}
+    assert [q.key for q in study.questions()] == ["quality", "prompt_consistency", "preservation"]
+    st, view = U.study_next(ctx, "ann1", None)
+    assert "image quality, consistency with the prompt and rest unchanged" in view["message"]
+    with pytest.raises(StateError, match="score every output for image quality"):
+        U.study_rate(ctx, "ann1", st, [(1, 2), (3, 3), (4, 4)])  # the third score is missing
+    st, _ = U.study_rate(ctx, "ann1", st, [(1, 2, 3), (3, 3, 3), (4, 4, 5)])
+    rows = study.ratings()
+    assert sorted((r["quality"], r["prompt_consistency"], r["preservation"]) for r in rows) == [
+        (1, 2, 3), (3, 3, 3), (4, 4, 5)]
+    # the store checks what it is given, whoever calls it
+    item = st.item_id
+    with pytest.raises(InputError, match="expected 3 scores"):
+        study.rate("ann2", item, {m: (1, 1) for m in METHODS})
+    with pytest.raises(InputError, match="missing the score for preservation"):
+        study.rate("ann2", item, {m: {"quality": 1, "prompt_consistency": 1} for m in METHODS})
+    with pytest.raises(InputError, match="whole numbers"):
+        study.rate("ann2", item, {m: {"quality": True, "prompt_consistency": 1, "preservation": 1} for m in METHODS})
+    # turned off again: the third question is refused, not silently dropped, at the store
+    study.set_options(preservation=False)
+    with pytest.raises(InputError, match="does not ask preservation"):
+        study.rate("ann2", item, {m: {"quality": 1, "prompt_consistency": 1, "preservation": 1} for m in METHODS})
+    with pytest.raises(InputError, match="unknown study option"):
+        study.set_options(consistency=True)
+    with pytest.raises(InputError, match="true or false"):
+        study.set_options(preservation="yes")
+
+
+OLD_SCHEMA = """
+CREATE TABLE items (
+    item_id TEXT PRIMARY KEY, source TEXT NOT NULL, prompt TEXT NOT NULL,
+    referring_spans TEXT NOT NULL DEFAULT '[]', edit_spans TEXT NOT NULL DEFAULT '[]',
+    created_at TEXT NOT NULL);
+CREATE TABLE outputs (
+    item_id TEXT NOT NULL REFERENCES items(item_id), method TEXT NOT NULL, image TEXT NOT NULL,
+    PRIMARY KEY (item_id, method));
+CREATE TABLE ratings (
+    rater TEXT NOT NULL, item_id TEXT NOT NULL, method TEXT NOT NULL, position INTEGER NOT NULL,
+    quality INTEGER NOT NULL CHECK (quality BETWEEN 1 AND 5),
+    consistency INTEGER NOT NULL CHECK (consistency BETWEEN 1 AND 5),
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (rater, item_id, method),
+    FOREIGN KEY (item_id, method) REFERENCES outputs(item_id, method));
+"""
+
+
+def old_store(path, ratings):
+    """A study store as written before the questions were named: `consistency` = rest unchanged."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.executescript(OLD_SCHEMA)
+    conn.execute("INSERT INTO items VALUES ('i1', 'h', 'make the cup red', '[]', '[]', 't')")
+    conn.executemany("INSERT INTO outputs VALUES ('i1', ?, 'h')", [(m,) for m in METHODS])
+    conn.executemany("INSERT INTO ratings VALUES (?, 'i1', ?, ?, ?, ?, 't')", ratings)
+    conn.commit()
+    conn.close()
+
+
+def test_old_consistency_scores_become_preservation(tmp_path):
+    import sqlite3
+
+    old = [("r1", m, k, 2 + k, 5 - k) for k, m in enumerate(METHODS)]
+    old_store(tmp_path / "old.study.sqlite", old)
+    study = StudyStore(tmp_path / "old.study.sqlite")
+    try:
+        rows = {r["method"]: r for r in study.ratings()}
+        for _rater, m, _pos, q, c in old:
+            assert (rows[m]["quality"], rows[m]["prompt_consistency"], rows[m]["preservation"]) == (q, None, c)
+        # the study went on asking about the rest, so it still does, beside the new prompt question
+        assert study.options() == {"preservation": True}
+        out = {s.method: s for s in study.summary(resamples=50)}
+        assert out["ip2p"].preservation_mean == 5 and out["ip2p"].preservation_ratings == 1
+        assert out["ip2p"].prompt_consistency_ratings == 0 and np.isnan(out["ip2p"].prompt_consistency_mean)
+        assert out["ip2p"].quality_mean == 2
+        study.rate("r2", "i1", {m: (4, 3, 2) for m in METHODS})
+        out = {s.method: s for s in study.summary(resamples=50)}
+        assert out["ip2p"].prompt_consistency_mean == 3 and out["ip2p"].preservation_mean == 3.5
+    finally:
+        study.close()
+    with sqlite3.connect(tmp_path / "old.study.sqlite") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    StudyStore(tmp_path / "old.study.sqlite").close()  # opening again changes nothing
+    # an old store without ratings keeps the default: the paper's two questions
+    old_store(tmp_path / "empty.study.sqlite", [])
+    study = StudyStore(tmp_path / "empty.study.sqlite")
+    try:
+        assert study.options() == {"preservation": False} and study.ratings() == []
+    finally:
+        study.close()
+
+
+# ---------------------------------------------------------------- the page, as Gradio calls it
+def page_events(ctx):
+    """The User study tab in a Blocks of its own; its events by API name."""
+    import gradio as gr
+
+    from annotation_app.tabs import user_study as T
+
+    with gr.Blocks() as demo:
+        T.build(ctx)
+    return demo, {f.api_name: f for f in demo.fns.values()}
+
+
+def test_submit_ratings_through_gradio(ctx, tmp_path, monkeypatch):
+    """Gradio's own call path (special arguments, pre- and postprocessing) with a gr.Request, as a
+    page's "Submit ratings" makes it."""
+    import asyncio
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    from annotation_app.user_study import MAX_METHODS
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    ctx.study.import_manifest(write_manifest(tmp_path / "m", n_items=2))
+    demo, events = page_events(ctx)
+    state = SessionState(demo)
+    request = gr.Request(username="ann1", session_hash="s1")
+
+    def run(name, inputs):
+        return asyncio.run(demo.process_api(events[name], inputs, state=state, request=request,
+                                            session_hash="s1"))["data"]
+
+    out = run("study_next", [None])
+    assert "0 of 2 item(s) rated" in out[3]
+    shown = ctx.study.item(ctx.study.next_item_id("ann1"), "ann1")
+    # radios: quality of slots 0..7, then prompt consistency, then preservation (hidden, not asked)
+    quality = [1, 2, 3] + [None] * (MAX_METHODS - 3)
+    prompt = [5, 4, 3] + [None] * (MAX_METHODS - 3)
+    out = run("study_rate", [None, *quality, *prompt, *[None] * MAX_METHODS])
+    assert f"Saved your ratings of item {shown.item_id}" in out[4] and "1 of 2 item(s) rated" in out[3]
+    got = {r["method"]: (r["quality"], r["prompt_consistency"]) for r in ctx.study.ratings()}
+    assert got == {o.method: (quality[i], prompt[i]) for i, o in enumerate(shown.outputs)}
+    # a refusal comes back as Gradio's error, with the handler's message
+    with pytest.raises(gr.Error, match="score every output"):
+        run("study_rate", [None, *quality, *[None] * (2 * MAX_METHODS)])
+    with pytest.raises(gr.Error, match="only admins"):
+        run("study_export", [])
