@@ -41,27 +41,63 @@ def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
 
 
 def outline_objects(image: Any, objects: Sequence[ObjectMask], *, suggested: int | None = None,
-                    picked: int | None = None, region: np.ndarray | None = None):
+                    picked: int | None = None, region: np.ndarray | None = None, outlines: bool = True):
     """`image` with every object's outline drawn (refs in light blue, others grey), the suggested
-    ref in yellow, the picked object tinted magenta and the edit region, when given, outlined blue."""
+    ref in yellow, the picked object outlined thicker in magenta and the edit region, when given,
+    outlined blue. Only outlines are drawn: the inside of every object keeps its true colours, so
+    colour expressions ("the red ball") can be checked. `outlines=False` gives the image as it is."""
     from PIL import Image
 
-    out = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
-    width = max(1, round(max(out.shape[:2]) / 320))
+    out = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if not outlines:
+        return Image.fromarray(out)
+    width = line_width(out.shape[:2])
     for obj in objects:
         if obj.ann_id == picked:
             continue
         colour = SUGGESTED_COLOUR if (suggested is not None and obj.ref_id == suggested) else (
             REF_COLOUR if obj.ref_id is not None else OTHER_COLOUR)
         out[outline(obj.mask, width)] = colour
-    for obj in objects:
-        if obj.ann_id == picked:
-            m = obj.mask.astype(bool)
-            out[m] = 0.65 * out[m] + 0.35 * np.asarray(PICKED_COLOUR, np.float32)
-            out[outline(obj.mask, width + 1)] = PICKED_COLOUR
     if region is not None and region.shape == out.shape[:2]:
         out[outline(region, width)] = REGION_COLOUR
-    return Image.fromarray(out.round().astype(np.uint8))
+    for obj in objects:
+        if obj.ann_id == picked:
+            out[outline(obj.mask, width + 1)] = PICKED_COLOUR
+    return Image.fromarray(out)
+
+
+def line_width(shape: tuple[int, ...]) -> int:
+    """Outline width in pixels: one per 320 pixels of the longer side, at least one."""
+    return max(1, round(max(shape[:2]) / 320))
+
+
+def outlined(image: Any, mask: np.ndarray | None, colour: tuple[int, int, int]):
+    """`image` with only the border of `mask` drawn in `colour` (the inside keeps its colours)."""
+    from PIL import Image
+
+    out = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if mask is not None and mask.shape == out.shape[:2]:
+        out[outline(mask, line_width(out.shape) + 1)] = colour
+    return Image.fromarray(out)
+
+
+# What each outline colour means, for the legend beside the pictures.
+LEGEND: tuple[tuple[tuple[int, int, int], str], ...] = (
+    (PICKED_COLOUR, "picked source object (M)"),
+    (SUGGESTED_COLOUR, "object the queue suggests"),
+    (REF_COLOUR, "object with expressions (can be picked)"),
+    (OTHER_COLOUR, "object without expressions"),
+    (REGION_COLOUR, "region to edit, when not the object"),
+    (EDIT_MASK_COLOUR, "edited area (M_e) on the result"),
+)
+
+
+def legend_html() -> str:
+    """The legend as small coloured swatches with their meaning (static HTML)."""
+    items = "".join(
+        f'<span class="legend-item"><span class="legend-swatch" style="border-color: rgb{colour}"></span>{text}</span>'
+        for colour, text in LEGEND)
+    return f'<div class="outline-legend">{items}</div>'
 
 
 def overlay(image: Any, mask: np.ndarray | None, colour: tuple[int, int, int], alpha: float = 0.35):

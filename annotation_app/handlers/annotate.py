@@ -20,7 +20,7 @@ import numpy as np
 
 from annotation_app.auth import ANNOTATE, require_role
 from annotation_app.errors import AccessDenied, StateError
-from annotation_app.handlers.common import Choices, fresh
+from annotation_app.handlers.common import Choices, fresh, status_label
 from annotation_app.queue import SampleInfo, sample_key
 from annotation_app.render import (
     EDIT_MASK_COLOUR,
@@ -35,7 +35,7 @@ from annotation_app.render import (
     mask_from_editor,
     object_at,
     outline_objects,
-    overlay,
+    outlined,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class AnnotateState:
     mask_corrected: bool = False
     next_seed: int = 0
     skipped: list[int] = field(default_factory=list)
+    outlines: bool = True  # draw the objects' outlines on the picture (off: the image as it is)
 
 
 def _user(ctx, username: str | None):
@@ -93,16 +94,23 @@ def _item_markdown(ctx, st: AnnotateState, user: str) -> str:
     if st.image_id is None:
         return "No item. Press **Next** to get one from the queue."
     ref = ctx.data.ref(st.picked_ref if st.picked_ref is not None else st.ref_id)
-    lines = [f"**Ref {ref['ref_id']}** · image {st.image_id} · split {ref['split']} · object {st.ann_id}"
-             + (" (suggested)" if st.picked_ref == st.ref_id else f" (the queue suggested ref {st.ref_id})")]
+    parts = [f"**Ref {ref['ref_id']}** · image {st.image_id} · object {st.ann_id}"
+             + ("" if st.picked_ref == st.ref_id else f" (queue suggested ref {st.ref_id})")]
+    status = None
     if st.sample_id:
         rec = ctx.reads.get_sample(st.sample_id, images=False)
-        lines.append(f"Sample `{st.sample_id}` · {rec.sample.status} · version {rec.version}")
-        backs = [r for r in ctx.reads.get_reviews(st.sample_id) if r.decision == "send_back"]
-        if backs and rec.sample.status == "draft":
-            lines.append(f"Sent back by {backs[-1].reviewer}: _{backs[-1].comment}_")
-    left = ctx.queue.open_count(user)
-    lines.append(f"{left} ref(s) open in the queue.")
+        status = rec.sample.status
+        parts.append(f"sample `{st.sample_id}` **{status_label(status)}** v{rec.version}")
+    minutes = round(ctx.config.assignment_ttl_s / 60)
+    if status in (None, "draft"):
+        parts.append(f"held for you {minutes} min (Release gives it back)")
+    parts.append(f"{ctx.queue.open_count(user)} open")
+    lines = [" · ".join(parts)]
+    if st.sample_id:
+        backs = [r for r in ctx.reads.get_reviews(st.sample_id) if r.decision in ("send_back", "reject")]
+        if backs and status in ("draft", "rejected"):
+            what = "sent it back" if status == "draft" else "rejected it"
+            lines.append(f"**{backs[-1].reviewer} {what}:** _{backs[-1].comment}_")
     return "  \n".join(lines)
 
 
@@ -150,7 +158,8 @@ def _picture(ctx, st: AnnotateState):
     if region is not None and st.ann_id is not None and np.array_equal(region, _object_mask(ctx, st)):
         region = None  # the default region is the picked object, already drawn
     image = ctx.image(st.image_id)
-    picture = outline_objects(image, ctx.objects(st.image_id), suggested=st.ref_id, picked=st.ann_id, region=region)
+    picture = outline_objects(image, ctx.objects(st.image_id), suggested=st.ref_id, picked=st.ann_id, region=region,
+                              outlines=st.outlines)
     return enlarge(picture, display_factor(image.size))
 
 
@@ -171,20 +180,30 @@ def _region_editor(ctx, st: AnnotateState) -> dict | None:
 
 
 def _candidates_view(ctx, st: AnnotateState) -> list[tuple[Any, str]]:
+    """The gallery: each candidate captioned with its number, the same number the number box,
+    keys 1-8 and `pick_candidate` (0-based there) use: its position in the gallery."""
     if not st.sample_id:
         return []
     cands = ctx.reads.get_candidates(st.sample_id)
     st.candidate_ids = [c.candidate_id for c in cands]
-    return [(c.image, f"#{c.candidate_id} · {c.params.get('pipeline', '')} · seed {c.seed}"
-                      + (" · chosen" if c.candidate_id == st.chosen else "")) for c in cands]
+    return [(c.image, f"{n} · {c.params.get('pipeline', '')} · seed {c.seed}"
+                      + (" · chosen" if c.candidate_id == st.chosen else "")) for n, c in enumerate(cands, 1)]
+
+
+def candidate_number(st: AnnotateState) -> int | None:
+    """The chosen candidate's number in the gallery (1-based), None when none is chosen."""
+    if st.chosen is None or st.chosen not in st.candidate_ids:
+        return None
+    return st.candidate_ids.index(st.chosen) + 1
 
 
 def _result_views(ctx, st: AnnotateState) -> dict[str, Any]:
     if st.chosen is None or not st.sample_id:
-        return {"result": None, "me_editor": None}
+        return {"result": None, "me_editor": None, "candidate_number": None}
     cand = _candidate(ctx, st, st.chosen)
-    return {"result": overlay(cand.image, st.edit_mask, EDIT_MASK_COLOUR),
-            "me_editor": editor_value(cand.image, st.edit_mask, EDIT_MASK_COLOUR)}
+    return {"result": outlined(cand.image, st.edit_mask, EDIT_MASK_COLOUR),
+            "me_editor": editor_value(cand.image, st.edit_mask, EDIT_MASK_COLOUR),
+            "candidate_number": candidate_number(st)}
 
 
 def _candidate(ctx, st: AnnotateState, candidate_id: int):
@@ -213,6 +232,15 @@ def full_view(ctx, st: AnnotateState, user: str, message: str = "") -> dict[str,
     }
     view.update(_result_views(ctx, st))
     return view
+
+
+def set_outlines(ctx, username: str | None, state: AnnotateState | None, on: Any) -> tuple[AnnotateState, dict]:
+    """Show the objects' outlines on the picture, or the image with its true colours only."""
+    _user(ctx, username)
+    st = fresh(state, AnnotateState)
+    st.outlines = bool(on)
+    return st, {"image": _picture(ctx, st),
+                "message": "Outlines shown." if st.outlines else "Outlines hidden: the image as it is."}
 
 
 def default_generation_text(ctx, st: AnnotateState) -> str:
@@ -302,7 +330,80 @@ def next_item(ctx, username: str | None, state: AnnotateState | None) -> tuple[A
     st = _load_ref(ctx, user, ref_id, skipped=skipped)
     msg = f"Ref {ref_id}: " + ("your draft, resumed." if st.sample_id
                                else "pick the object (or keep the suggested one).")
+    return st, full_view(ctx, st, user, msg + _decided_note(ctx, user))
+
+
+def _decided_note(ctx, user: str) -> str:
+    """A reminder of the user's samples that reviewers rejected or sent back (see My samples)."""
+    counts = {"rejected": 0, "sent back": 0}
+    for row in my_sample_rows(ctx, user):
+        if row[2] == "rejected":
+            counts["rejected"] += 1
+        elif row[2] == "draft" and row[4] == "sent back":
+            counts["sent back"] += 1
+    said = [f"{n} {what}" for what, n in counts.items() if n]
+    return f" Your samples: {', '.join(said)}; reasons under My samples." if said else ""
+
+
+def release_item(ctx, username: str | None, state: AnnotateState | None) -> tuple[AnnotateState, dict]:
+    """Give the item on screen back to the queue (a draft stays the user's) and clear the screen."""
+    user = _user(ctx, username).name
+    old = fresh(state, AnnotateState)
+    _release(ctx, old, user)
+    st = AnnotateState(skipped=old.skipped, outlines=old.outlines)
+    msg = (f"Ref {old.picked_ref} given back to the queue." if old.picked_ref is not None
+           else "Nothing was held.")
     return st, full_view(ctx, st, user, msg)
+
+
+MY_SAMPLES_COLUMNS = ["sample", "ref", "status", "updated", "last review", "reviewer", "reason / comment"]
+MY_SAMPLES_LIMIT = 200
+
+
+def my_sample_rows(ctx, user: str) -> list[list[Any]]:
+    """The user's samples, newest first, with the last review's decision and words."""
+    from annotation_app.handlers.review import DECISION_LABELS
+
+    recs = list(ctx.reads.list_samples(annotator=user, images=False))
+    recs.sort(key=lambda r: str(r.sample.updated_at), reverse=True)
+    rows = []
+    for rec in recs[:MY_SAMPLES_LIMIT]:
+        s = rec.sample
+        reviews = ctx.reads.get_reviews(s.sample_id) if s.status != "draft" or s.reviewer else []
+        last = reviews[-1] if reviews else None
+        rows.append([s.sample_id, s.ref_id, status_label(s.status), s.updated_at,
+                     DECISION_LABELS.get(last.decision, last.decision) if last else "",
+                     last.reviewer if last else "", (last.comment or "") if last else ""])
+    return rows
+
+
+def my_samples(ctx, username: str | None) -> list[list[Any]]:
+    """Rows of the My samples table: every sample the signed-in user made, newest first."""
+    return my_sample_rows(ctx, _user(ctx, username).name)
+
+
+def reopen(ctx, username: str | None, state: AnnotateState | None, sample_id: Any) -> tuple[AnnotateState, dict]:
+    """Open one of the user's drafts (one sent back, say) from My samples to work on it again."""
+    user = _user(ctx, username)
+    old = fresh(state, AnnotateState)
+    sample_id = str(sample_id or "").strip()
+    if not sample_id:
+        raise StateError("choose one of your samples in the table")
+    rec = ctx.reads.get_sample(sample_id, images=False)  # NotFoundError when unknown
+    s = rec.sample
+    if s.annotator != user.name and user.role != "admin":
+        raise AccessDenied(f"sample {sample_id} is {s.annotator}'s; only they (or an admin) may reopen it")
+    if s.status != "draft":
+        raise StateError(f"sample {sample_id} is {status_label(s.status)}; only drafts (saved, or sent back by a "
+                         "reviewer) can be reopened")
+    ref_id = int(s.ref_id)
+    if ref_id not in {old.ref_id, old.picked_ref} and not ctx.queue.claim(ref_id, user.name):
+        raise StateError(f"ref {ref_id} is being annotated by {ctx.queue.holder(ref_id) or 'someone else'}")
+    for held in {old.ref_id, old.picked_ref} - {None, ref_id}:
+        ctx.queue.release(held, user.name)
+    st = AnnotateState(ref_id=ref_id, image_id=int(s.image_id), skipped=old.skipped, outlines=old.outlines)
+    _restore(ctx, st, sample_id)
+    return st, full_view(ctx, st, user.name, f"Reopened {sample_id} (ref {ref_id}).")
 
 
 def pick_at(ctx, username: str | None, state: AnnotateState | None, x: int, y: int) -> tuple[AnnotateState, dict]:
@@ -347,7 +448,8 @@ def pick_object(ctx, username: str | None, state: AnnotateState | None, ann_id: 
                          "and come back to it, or keep its object")
     done = ctx.queue.done_for(obj.ref_id, user)
     if done is not None:
-        raise StateError(f"ref {obj.ref_id} already has a sample ({done.status}, by {done.annotator or 'a build'})")
+        raise StateError(f"ref {obj.ref_id} already has a sample ({status_label(done.status)}, "
+                         f"by {done.annotator or 'a build'})")
     if not ctx.queue.claim(obj.ref_id, user):
         raise StateError(f"ref {obj.ref_id} is being annotated by {ctx.queue.holder(obj.ref_id) or 'someone else'}")
     if st.picked_ref not in (None, st.ref_id, obj.ref_id):
@@ -383,12 +485,20 @@ def compose_prompt(ctx, username: str | None, state: AnnotateState | None, sent_
         raise StateError(f"not an expression number: {sent_index!r}") from None
     if not 0 <= idx < len(sents):
         raise StateError(f"ref {st.picked_ref} has {len(sents)} expression(s); no number {idx + 1}")
+    kind = (edit_type or "replace").strip()
+    if kind in TARGET_HINTS and not (target or "").strip():
+        raise StateError(f"type {TARGET_HINTS[kind]} in the Target box first")
     if new_wording:
         st.prompt_seed += 1
     p = compose(sents[idx], edit_type or "", target or "", seed=f"{user}:{st.picked_ref}:{st.prompt_seed}")
     st.prompt, st.sent_index, st.rephrasings = p.to_dict(), idx, []
+    saved = _autosave(ctx, st, user)
     return st, {"prompt": _prompt_view(st), "gen_text": default_generation_text(ctx, st),
-                "rephrasings": _rephrasing_choices(st), "message": f"Prompt: {p.prompt}"}
+                "rephrasings": _rephrasing_choices(st), "message": f"Prompt: {p.prompt}{saved}"}
+
+
+TARGET_HINTS = {"replace": "the new object (e.g. giraffe)", "attribute": "the attribute (e.g. red)",
+                "add": "the object to add (e.g. a cat)", "other": "the edit text"}
 
 
 def rephrase(ctx, username: str | None, state: AnnotateState | None, n: int = 4) -> tuple[AnnotateState, dict]:
@@ -430,8 +540,9 @@ def accept_rephrasing(ctx, username: str | None, state: AnnotateState | None, in
     chosen = dict(st.rephrasings.pop(i))
     chosen["reviewed"] = True
     st.prompt = chosen
+    saved = _autosave(ctx, st, _user(ctx, username).name)
     return st, {"prompt": _prompt_view(st), "gen_text": default_generation_text(ctx, st),
-                "rephrasings": _rephrasing_choices(st), "message": f"Prompt: {chosen['prompt']}"}
+                "rephrasings": _rephrasing_choices(st), "message": f"Prompt: {chosen['prompt']}{saved}"}
 
 
 def discard_rephrasing(ctx, username: str | None, state: AnnotateState | None, index: Any
@@ -548,7 +659,7 @@ def _check_editable(ctx, st: AnnotateState, user) -> Any:
     if s.annotator != user.name and user.role != "admin":
         raise AccessDenied(f"sample {st.sample_id} is {s.annotator}'s; only they (or an admin) may change it")
     if s.status != "draft":
-        raise StateError(f"sample {st.sample_id} is {s.status}"
+        raise StateError(f"sample {st.sample_id} is {status_label(s.status)}"
                          + (": it waits for review" if s.status == "candidate" else ": it is final"))
     return rec
 
@@ -635,6 +746,7 @@ def generate(ctx, username: str | None, state: AnnotateState | None, pipeline: s
                                       model=c.model, score=c.score))
     ctx.store.add_candidates(st.sample_id, stored, user.name)
     st.next_seed = seed + num
+    _autosave(ctx, st, user.name)
     ctx.queue.claim(st.picked_ref, user.name)  # renew the claim: the annotator is at work
     if progress is not None:
         progress(1.0, desc="done")
@@ -658,8 +770,9 @@ def pick_candidate(ctx, username: str | None, state: AnnotateState | None, index
     cand = cands[i]
     st.version = ctx.store.choose_candidate(st.sample_id, cand.candidate_id, user.name, expected_version=st.version)
     st.chosen, st.edit_mask, st.mask_corrected = cand.candidate_id, cand.edit_mask, False
+    saved = _autosave(ctx, st, user.name)
     view = {"candidates": _candidates_view(ctx, st), "item": _item_markdown(ctx, st, user.name),
-            "message": f"Using candidate #{cand.candidate_id} (seed {cand.seed}); M_e is outlined in orange."}
+            "message": f"Using candidate {i + 1} (seed {cand.seed}); M_e is outlined in orange.{saved}"}
     view.update(_result_views(ctx, st))
     return st, view
 
@@ -668,7 +781,7 @@ def correct_edit_mask(ctx, username: str | None, state: AnnotateState | None, va
                       ) -> tuple[AnnotateState, dict]:
     """M_e corrected with the brush over the result: strokes added to it, cut from it, or replacing
     it (saved with the next save or submit)."""
-    _user(ctx, username)
+    user = _user(ctx, username)
     st = fresh(state, AnnotateState)
     if st.chosen is None:
         raise StateError("pick a candidate first")
@@ -676,26 +789,16 @@ def correct_edit_mask(ctx, username: str | None, state: AnnotateState | None, va
     if not m.any():
         raise StateError("the corrected M_e would be empty: it must cover the area the edit changed")
     st.edit_mask, st.mask_corrected = m, True
-    view = {"message": f"M_e corrected ({int(m.sum())} px); save or submit to keep it."}
+    saved = _autosave(ctx, st, user.name)
+    view = {"message": f"M_e corrected ({int(m.sum())} px).{saved}"}
     view.update(_result_views(ctx, st))
     return st, view
 
 
-def save(ctx, username: str | None, state: AnnotateState | None, *, submit: bool = False
-         ) -> tuple[AnnotateState, dict]:
-    """Save the work as a draft, or submit it for review (then it must be complete: the store checks)."""
-    user = _user(ctx, username)
-    st = fresh(state, AnnotateState)
-    _need_pick(st)
-    if submit:
-        if not st.prompt:
-            raise StateError("compose a prompt before submitting")
-        if st.chosen is None:
-            raise StateError("pick a candidate before submitting")
-    _ensure_sample(ctx, st, user)
+def _write(ctx, st: AnnotateState, user: str, status: str) -> None:
+    """Write the session's prompt, chosen candidate and M_e into its sample with `status`."""
     rec = ctx.reads.get_sample(st.sample_id, images=False)
-    changes: dict[str, Any] = {"annotator": rec.sample.annotator or user.name,
-                               "status": "candidate" if submit else "draft"}
+    changes: dict[str, Any] = {"annotator": rec.sample.annotator or user, "status": status}
     generation = dict(rec.sample.generation or {})
     if st.prompt:
         p = st.prompt
@@ -712,8 +815,42 @@ def save(ctx, username: str | None, state: AnnotateState | None, *, submit: bool
         changes["edit_mask"] = st.edit_mask
         generation["edit_mask_corrected"] = bool(st.mask_corrected)
     changes["generation"] = generation
-    st.version = ctx.store.update_sample(st.sample_id, changes, expected_version=st.version, user=user.name)
-    ctx.queue.note(SampleInfo(st.sample_id, st.picked_ref, changes["status"], changes["annotator"]))
+    st.version = ctx.store.update_sample(st.sample_id, changes, expected_version=st.version, user=user)
+    ctx.queue.note(SampleInfo(st.sample_id, st.picked_ref, status, changes["annotator"]))
+
+
+def _autosave(ctx, st: AnnotateState, user: str) -> str:
+    """Keep the work in the session's draft as soon as it changes, so a reload or a closed tab loses
+    nothing; a note for the message (nothing before the draft exists: the first generation or
+    Save creates it, and takes the prompt along)."""
+    if st.sample_id is None:
+        return ""
+    rec = ctx.reads.get_sample(st.sample_id, images=False)
+    if rec.sample.status != "draft":
+        return ""
+    if rec.sample.annotator != user:
+        return " (not saved: someone else's draft; Save to keep it)"
+    _write(ctx, st, user, "draft")
+    ctx.queue.claim(st.picked_ref, user)
+    return " Saved."
+
+
+def save(ctx, username: str | None, state: AnnotateState | None, *, submit: bool = False
+         ) -> tuple[AnnotateState, dict]:
+    """Save the work as a draft, or submit it for review (then it must be complete: the store checks)."""
+    user = _user(ctx, username)
+    st = fresh(state, AnnotateState)
+    _need_pick(st)
+    if submit:
+        if not st.prompt:
+            raise StateError("compose a prompt before submitting")
+        if st.chosen is None:
+            raise StateError("pick a candidate before submitting")
+    elif st.sample_id is None and not st.prompt:
+        raise StateError("nothing to save yet: compose a prompt or generate candidates first")
+    _ensure_sample(ctx, st, user)
+    status = "candidate" if submit else "draft"
+    _write(ctx, st, user.name, status)
     if submit:
         _release(ctx, st, user.name)
         msg = f"Submitted sample {st.sample_id} for review. Press Next for the next item."

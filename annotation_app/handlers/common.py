@@ -33,3 +33,12 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# What people read for each stored status: the store calls a submitted sample a "candidate", a word
+# the app already uses for the generated pictures.
+STATUS_LABELS = {"draft": "draft", "candidate": "submitted", "accepted": "accepted", "rejected": "rejected"}
+
+
+def status_label(status: str | None) -> str:
+    return STATUS_LABELS.get(status or "", status or "?")

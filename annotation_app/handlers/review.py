@@ -15,9 +15,9 @@ from typing import Any
 
 from annotation_app.auth import REVIEW, require_role
 from annotation_app.errors import AccessDenied, StateError
-from annotation_app.handlers.common import fresh
+from annotation_app.handlers.common import fresh, status_label
 from annotation_app.queue import SampleInfo
-from annotation_app.render import EDIT_MASK_COLOUR, PICKED_COLOUR, highlight, mask_image, overlay
+from annotation_app.render import EDIT_MASK_COLOUR, PICKED_COLOUR, highlight, mask_image, outlined
 
 DECISION_LABELS = {"accept": "accepted", "reject": "rejected", "send_back": "sent back"}
 TABLE_COLUMNS = ["sample", "ref", "annotator", "status", "reviewer", "edit type", "pipeline", "updated"]
@@ -54,7 +54,7 @@ def sample_view(ctx, sample_id: str, message: str = "", *, pictures: bool = True
     reviews = ctx.reads.get_reviews(sample_id)
     history = "\n".join(f"- {r.created_at}: **{r.reviewer}** {DECISION_LABELS.get(r.decision, r.decision)}"
                         + (f": _{r.comment}_" if r.comment else "") for r in reviews) or "- no reviews yet"
-    info = (f"**Sample** `{sample_id}` · version {rec.version} · **{s.status}**  \n"
+    info = (f"**Sample** `{sample_id}` · version {rec.version} · **{status_label(s.status)}**  \n"
             f"Ref {s.ref_id} · image {s.image_id} · object {s.ann_id} · split {s.split}  \n"
             f"Made by **{s.annotator or '?'}** · edit type {s.edit_type or '?'} · target {s.target or '-'}  \n"
             f"Pipeline {s.pipeline} · model {gen.get('model', '?')} · seed {gen.get('seed', '?')} · "
@@ -64,8 +64,8 @@ def sample_view(ctx, sample_id: str, message: str = "", *, pictures: bool = True
     if not pictures:
         return {"info": info, "message": message}
     return {
-        "source": overlay(s.source_image, s.source_mask, PICKED_COLOUR) if s.source_image is not None else None,
-        "result": overlay(s.edited_image, s.edit_mask, EDIT_MASK_COLOUR) if s.edited_image is not None else None,
+        "source": outlined(s.source_image, s.source_mask, PICKED_COLOUR) if s.source_image is not None else None,
+        "result": outlined(s.edited_image, s.edit_mask, EDIT_MASK_COLOUR) if s.edited_image is not None else None,
         "source_mask": mask_image(s.source_mask),
         "edit_mask": mask_image(s.edit_mask),
         "prompt": highlight(s.prompt, s.referring_spans, s.edit_spans) if s.prompt else None,
@@ -80,17 +80,33 @@ def _empty_view(message: str) -> dict[str, Any]:
 
 
 def next_review(ctx, username: str | None, state: ReviewState | None) -> tuple[ReviewState, dict]:
-    """Claim the oldest submitted sample made by someone else."""
+    """Claim the oldest submitted sample made by someone else.
+
+    The sample on screen is passed over only while it is still undecided and unchanged (Next then
+    means "skip it"), and even then it comes back when nothing else waits; once decided, a
+    resubmission of it is a new item like any other."""
     user = _reviewer(ctx, username)
     st = fresh(state, ReviewState)
     _release(ctx, st, user.name)
+    skip = st.sample_id if st.claimed else None
     held = {a.ref_key for a in ctx.reads.assignments() if a.user != user.name}
+    found = _claim_next(ctx, user, held, skip)
+    if found is None and skip is not None:
+        found = _claim_next(ctx, user, held, None)
+    if found is None:
+        return ReviewState(), _empty_view("Nothing to review: no submitted samples by others are waiting.")
+    new, annotator = found
+    return new, sample_view(ctx, new.sample_id, f"Reviewing {new.sample_id} by {annotator}.")
+
+
+def _claim_next(ctx, user, held: set[str], skip: str | None) -> tuple[ReviewState, str] | None:
+    """Claim the oldest waiting sample that `user` may review, other than `skip`."""
     offset = 0
     while True:
         page = list(ctx.reads.list_samples(status="candidate", images=False, limit=PAGE, offset=offset))
         for rec in page:
             s = rec.sample
-            if s.sample_id == st.sample_id or review_key(s.sample_id) in held:
+            if s.sample_id == skip or review_key(s.sample_id) in held:
                 continue
             if s.annotator == user.name and user.role != "admin":
                 continue
@@ -101,10 +117,9 @@ def next_review(ctx, username: str | None, state: ReviewState | None) -> tuple[R
             if now.sample.status != "candidate":
                 ctx.store.release(review_key(s.sample_id), user.name)
                 continue
-            new = ReviewState(s.sample_id, now.version, review_key(s.sample_id))
-            return new, sample_view(ctx, s.sample_id, f"Reviewing {s.sample_id} by {s.annotator}.")
+            return ReviewState(s.sample_id, now.version, review_key(s.sample_id)), s.annotator
         if len(page) < PAGE:
-            return ReviewState(), _empty_view("Nothing to review: no submitted samples by others are waiting.")
+            return None
         offset += len(page)
 
 
@@ -142,7 +157,7 @@ def decide(ctx, username: str | None, state: ReviewState | None, decision: str, 
     rec = ctx.reads.get_sample(st.sample_id, images=False)
     s = rec.sample
     if s.status != "candidate":
-        raise StateError(f"sample {st.sample_id} is {s.status}, not waiting for review")
+        raise StateError(f"sample {st.sample_id} is {status_label(s.status)}, not waiting for review")
     if s.annotator == user.name and user.role != "admin":
         raise AccessDenied(f"{user.name} made sample {st.sample_id}; another reviewer must review it")
     if st.claimed is None:
@@ -179,5 +194,6 @@ def sample_table(ctx, username: str | None, status: str | None = None, annotator
     rows = []
     for rec in ctx.reads.list_samples(status=status or None, annotator=annotator or None, images=False):
         s = rec.sample
-        rows.append([s.sample_id, s.ref_id, s.annotator, s.status, s.reviewer, s.edit_type, s.pipeline, s.updated_at])
+        rows.append([s.sample_id, s.ref_id, s.annotator, status_label(s.status), s.reviewer, s.edit_type, s.pipeline,
+                     s.updated_at])
     return rows[-TABLE_LIMIT:]

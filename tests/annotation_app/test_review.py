@@ -112,7 +112,7 @@ def test_sample_table_shows_who_made_what(ctx):
     a = submitted(ctx, "ann1")
     b = submitted(ctx, "ann2")
     rows = R.sample_table(ctx, "rev1")
-    want = [(a.sample_id, "ann1", "candidate"), (b.sample_id, "ann2", "candidate")]
+    want = [(a.sample_id, "ann1", "submitted"), (b.sample_id, "ann2", "submitted")]  # not the store's word
     assert [(r[0], r[2], r[3]) for r in rows] == want
     assert [r[0] for r in R.sample_table(ctx, "rev1", annotator="ann2")] == [b.sample_id]
 
