@@ -300,3 +300,112 @@ def test_submit_ratings_through_gradio(ctx, tmp_path, monkeypatch):
         run("study_rate", [None, *quality, *[None] * (2 * MAX_METHODS)])
     with pytest.raises(gr.Error, match="only admins"):
         run("study_export", [])
+
+
+# ---------------------------------------------------------------- the running app, over HTTP
+SERVED_USERS = {"boss": ("admin", "boss-password"), "ann1": ("annotator", "ann1-password"),
+                "ann2": ("annotator", "ann2-password")}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, refshapes, verdicts):
+    """The app on a free loopback port with an admin and two annotators; (url, ctx, Gradio's folder)."""
+    import os
+    import socket
+
+    from PIL import Image
+
+    from annotation_app.app import configure_process, launch
+    from annotation_app.context import AppConfig, AppContext
+    from refcoco_edit.store import Store
+    from tests.annotation_app.conftest import pipeline_factory
+
+    saved, saved_pixels = os.environ.get("GRADIO_TEMP_DIR"), Image.MAX_IMAGE_PIXELS
+    path = tmp_path_factory.mktemp("study-http") / "store.sqlite"
+    with Store.open(path, durable=False) as store:
+        for name, (role, pw) in SERVED_USERS.items():
+            store.add_user(name, role, pw)
+    cache = configure_process(path, 4096 * 4096)
+    ctx = AppContext(AppConfig(store_path=path, durable=False), data=refshapes, verdicts=verdicts,
+                     pipeline_factory=pipeline_factory)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch(ctx, port=port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", ctx, cache
+    finally:
+        demo.close()
+        ctx.close()
+        Image.MAX_IMAGE_PIXELS = saved_pixels
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+def signed_in(url: str, user: str):
+    """An HTTP client holding `user`'s session cookie."""
+    import httpx
+
+    http = httpx.Client(base_url=url, timeout=30)
+    r = http.post("login", data={"username": user, "password": SERVED_USERS[user][1]})
+    assert r.status_code == 200 and r.json().get("success"), r.text
+    return http
+
+
+def file_refs(value) -> list[str]:
+    """Every file path or URL a Gradio response names."""
+    if isinstance(value, dict):
+        own = [str(value[k]) for k in ("path", "url") if value.get(k)]
+        return own + [f for v in value.values() for f in file_refs(v)]
+    if isinstance(value, (list, tuple)):
+        return [f for v in value for f in file_refs(v)]
+    return []
+
+
+@pytest.mark.filterwarnings("ignore:.*deprecated.*")
+def test_export_goes_to_the_admin_only(served, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, ctx, gradio_folder = served
+    from annotation_app.user_study import MAX_METHODS
+
+    ctx.study.import_manifest(write_manifest(tmp_path / "m", n_items=2))
+    boss = Client(url, auth=("boss", SERVED_USERS["boss"][1]), verbose=False, download_files=False)
+    ann1 = Client(url, auth=("ann1", SERVED_USERS["ann1"][1]), verbose=False, download_files=False)
+    # an annotator rates both items over HTTP, through the page's own events (the client leaves the
+    # session's state out: [source, prompt, progress, message, ...])
+    for n in range(2):
+        out = ann1.predict(api_name="/study_next")
+        assert f"{n} of 2 item(s) rated" in out[2]
+        rest = [None] * (MAX_METHODS - 3)
+        out = ann1.predict(*[4, 4, 4], *rest, *[2, 2, 2], *rest, *[None] * MAX_METHODS, api_name="/study_rate")
+        assert "Saved your ratings" in out[3]
+    assert "rated every item" in out[3]
+    assert {(r["rater"], r["quality"], r["prompt_consistency"]) for r in ctx.study.ratings()} == {("ann1", 4, 2)}
+    table, csv_text = boss.predict(api_name="/study_export")
+    assert csv_text == ctx.study.export_csv() and csv_text.startswith("method,ratings,items,raters,quality_mean")
+    assert [r[0] for r in table["data"]] == ["ip2p", "magicbrush", "referdiffusion"]
+    # the export reached the admin in the response itself: it names no file, and no file the server
+    # keeps holds it
+    assert file_refs(table) == [] and file_refs(csv_text) == []
+    body = csv_text.splitlines()[1].encode()
+    holders = [p for p in gradio_folder.rglob("*") if p.is_file() and body in p.read_bytes()]
+    assert holders == []
+
+    # a second signed-in user, not an admin: refused at the API ...
+    with pytest.raises(AppError, match="only admins may export the user study"):
+        ann1.predict(api_name="/study_export")
+    # ... and by URL there is nothing to fetch, though Gradio's file route does serve whatever lies in
+    # its folder (where exports used to be written) to every signed-in user
+    http = signed_in(url, "ann2")
+    probe = gradio_folder / "study-exports" / "probe.csv"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("probe\n")
+    assert http.get(f"gradio_api/file={probe}").text == "probe\n"
+    exports = [p for p in gradio_folder.rglob("*.csv") if p != probe]
+    assert exports == []
+    for ref in file_refs(table):
+        assert body.decode() not in http.get(f"gradio_api/file={ref}").text
