@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--data", type=Path, required=True)
     e.add_argument("--vae", type=Path, required=True, help="a diffusers AutoencoderKL folder")
     e.add_argument("--role", default="test", help="study split: train, val or test")
-    e.add_argument("--images", type=int, default=1000)
+    e.add_argument("--images", type=int, default=1000, help="sources and edits, a seeded random subset")
     e.add_argument("--json", type=Path, default=None)
     x = sub.add_parser("export", help="fp16 safetensors with the latent scaling factor")
     x.add_argument("--data", type=Path, required=True)
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     vae = AutoencoderKL.from_pretrained(args.vae).float().eval()
     study = RefShapesStudy(args.data)
     if args.cmd == "eval":
-        images = study.images(args.role, limit=args.images, with_edits=False, seed=0)
+        images = study.images(args.role, limit=args.images, with_edits=True, seed=0)
         values = reconstruction_psnr(vae, images)
         ci = bootstrap_ci(values)
         result = {"role": args.role, "images": len(images), "psnr": ci.value, "ci95": [ci.low, ci.high]}
