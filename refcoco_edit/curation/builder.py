@@ -1,6 +1,10 @@
 """The build loop: plan the units, find where each stands in the store, run the pipelines, decide
 acceptance and write samples, candidates and reviews.
 
+A sample is its chosen candidate inside the candidate's M_e and the source outside it, whatever the
+pipeline (`make_sample`): the dataset's background invariant (docs/invariant.md). Candidates are
+stored as the pipeline returned them, for the app to show and re-cut.
+
 Resuming: a stored key is skipped; a unit killed between its steps (sample stored, candidates not
 yet; or candidates stored, acceptance not yet) is finished from where it stopped, and since seeds are
 derived from the build seed and the key, a regenerated candidate has the same pixels. Failed units
@@ -199,13 +203,17 @@ class Builder:
         return gen
 
     def make_sample(self, unit: Unit, ctx: RefContext, chosen: Candidate, generation: dict) -> Sample:
+        """The unit's sample: the chosen candidate inside its M_e and the source everywhere else (the
+        dataset's background invariant, `imaging.masks.keep_background`; the store applies it too)."""
+        from refcoco_edit.imaging.masks import keep_background
         from refcoco_edit.schema import Sample
 
         p = self.targets.prompt_for(ctx, unit.edit_type)
+        edit_mask = np.asarray(chosen.edit_mask, dtype=np.uint8)
         return Sample(
             sample_id="", image_id=unit.image_id, ref_id=unit.ref_id, ann_id=unit.ann_id, split=unit.split,
-            source_image=ctx.image, edited_image=chosen.image, source_mask=ctx.mask,
-            edit_mask=np.asarray(chosen.edit_mask, dtype=np.uint8), prompt=p.prompt,
+            source_image=ctx.image, edited_image=keep_background(ctx.image, chosen.image, edit_mask),
+            source_mask=ctx.mask, edit_mask=edit_mask, prompt=p.prompt,
             referring_text=p.referring_text, edit_text=p.edit_text, referring_spans=p.referring_spans,
             edit_spans=p.edit_spans, edit_type=unit.edit_type, target=p.target, pipeline=unit.pipeline,
             generation=generation, annotator=self.user, reviewer="", status="candidate",

@@ -2,7 +2,8 @@
 
 `none` accepts nothing; `oracle` (RefShapes only) accepts an exact ground-truth sample, and a
 pipeline's sample whose closest candidate to the ground-truth edited image (mean absolute difference
-over the ground-truth edit region, 0..255 per channel) is within `ORACLE_MAX_MAD` and within
+over the ground-truth edit region, 0..255 per channel, of the candidate as it would be stored: the
+source outside its M_e) is within `ORACLE_MAX_MAD` and within
 `ORACLE_MAX_RATIO` of the source's own difference; that candidate becomes the sample's edit.
 `score>=X` accepts when the best candidate's CLIP score (100 x cosine) is at least X. Without a
 policy's choice the sample's candidate is the highest CLIP score when ranked, else the first.
@@ -103,6 +104,8 @@ def oracle(name: str, candidates: Sequence[Candidate], best: int, *, exact: bool
     """The oracle policy (see the module docstring); `best` is kept when there is nothing to measure."""
     import numpy as np
 
+    from refcoco_edit.imaging.masks import keep_background
+
     if exact:
         return 0, Decision(name, True, "exact ground truth of the RefShapes generator")
     assert gt is not None
@@ -117,7 +120,9 @@ def oracle(name: str, candidates: Sequence[Candidate], best: int, *, exact: bool
     region = gt.edit_mask(rec, src.shape[0], src.shape[1]).astype(bool)
     if truth.shape != src.shape or not region.any():
         return best, Decision(name, False, "ground truth does not fit the source")
-    mads = [float(np.abs(np.asarray(c.image, dtype=np.int16) - truth)[region].mean()) for c in candidates]
+    # judged as it would be stored: the source outside the candidate's M_e (the background invariant)
+    mads = [float(np.abs(np.asarray(keep_background(source, c.image, c.edit_mask), dtype=np.int16)
+                         - truth)[region].mean()) for c in candidates]
     source_mad = float(np.abs(src - truth)[region].mean())
     best = int(np.argmin(mads))
     mad = mads[best]

@@ -42,6 +42,7 @@ class SyntheticPipeline(EditPipeline):
         return {"ref_id": request.ref_id, "edit_type": request.edit_type}
 
     def generate(self, image: Image, mask: Any, *, ref_id: int, edit_type: str, **_: Any) -> list[Candidate]:
+        from refcoco_edit.imaging.masks import keep_background
         from refcoco_edit.pipelines.base import Candidate
 
         rec = self.gt.edit(ref_id, edit_type)
@@ -49,6 +50,7 @@ class SyntheticPipeline(EditPipeline):
         if edited.size != image.size:
             raise DataError(f"ground-truth edit {rec.get('edit_id')} is {edited.size}, the source {image.size}")
         em = self.gt.edit_mask(rec, image.height, image.width)
+        edited = keep_background(image, edited, em)  # exact already; kept so by construction
         params = {"pipeline": self.name, "method": "refshapes_ground_truth", "model": self.model,
                   "edit_id": rec.get("edit_id"), "edited_file": rec.get("edited_file"),
                   "edit_params": rec.get("params", {}), "generator_seed": self.gt.seed}

@@ -21,9 +21,11 @@ FIELD_DOCS: dict[str, str] = {
     "ann_id": "COCO annotation id of the referred object",
     "split": "RefCOCO split the ref belongs to (train, val, testA, testB, ...)",
     "source_image": "I_s, the source picture (PNG, RGB)",
-    "edited_image": "I_e, the reference edit: the picture after the edit (PNG, RGB, same size)",
+    "edited_image": ("I_e, the reference edit: the picture after the edit (PNG, RGB, same size); equal to "
+                     "source_image at every pixel outside edit_mask"),
     "source_mask": "M, the referred object: 8-bit L PNG, 0 outside and 255 inside (read as 0/1)",
-    "edit_mask": "M_e, the area the edit changed: 8-bit L PNG, 0/255, same size as the image",
+    "edit_mask": ("M_e, the area the edit changed: 8-bit L PNG, 0/255, same size as the image; outside it "
+                  "edited_image is source_image exactly"),
     "prompt": "P, the editing instruction",
     "referring_text": "P_r, the words of the prompt that pick out the object",
     "edit_text": "P_e, the words of the prompt that say what to do",
@@ -74,7 +76,10 @@ part says what to do), with the character spans of both parts recorded. A refere
 by one of the pipelines below, and annotators accept, correct or reject it in the annotation app
 (or a recorded policy accepts it, e.g. the exact edits of the synthetic RefShapes set). Only samples
 with the exported status were kept, and every row was checked before writing: spans exact, masks
-binary and of the image's size, a non-empty edit mask unless the edit changes nothing.
+binary and of the image's size, a non-empty edit mask unless the edit changes nothing, and the
+background invariant: the edited image equals the source at every pixel outside the edit mask M_e
+(the source's pixels are copied there when a sample is made or its mask corrected), so a method that
+reproduced the reference edit exactly would score a perfect background (`l2_bg` 0).
 
 Pipelines: `composition` (Paint-by-Example with an example image of the new object),
 `region_edit` (Blended Latent Diffusion inside a drawn region), `inpaint` (diffusion removal),

@@ -18,7 +18,9 @@ Why it is built this way:
 - Images from the store are copied as the PNG bytes of its blobs (lossless, no decode and re-encode);
   masks are written as 8-bit "L" PNGs of 0 and 255 (viewers show them; readers threshold them).
 - All or nothing: everything is written into a temporary folder beside DIR and renamed into place at
-  the end. Every row is checked with `schema.validate` before it is written; one bad row and the
+  the end. Every row is checked with `schema.validate` and for the background invariant (the edited
+  image equals the source outside M_e, `background_problems`; this decodes both images of a row,
+  the only decoding an export from the store does) before it is written; one bad row and the
   export refuses (naming every bad row and why) and leaves no half dataset behind. An exception
   removes the temporary folder; a killed process may leave it (`<name>.export-tmp-<pid>-*`), never a
   partial DIR, and the next export of DIR removes it or, when the kill fell between the two renames
@@ -90,6 +92,26 @@ class ExportSummary:
                 "by_edit_type": self.stats.by_edit_type, "by_pipeline": self.stats.by_pipeline,
                 "seconds": round(self.seconds, 3), "parquet_bytes": self.download_size,
                 "save_to_disk": self.save_to_disk}
+
+
+def background_problems(sample: Sample) -> list[str]:
+    """The background invariant: the edited image equals the source at every pixel outside M_e
+    (docs/invariant.md). [] when it holds, or when images or masks are missing or of other sizes
+    (which `schema.validate` reports)."""
+    from refcoco_edit.imaging.masks import background_changes
+
+    if sample.source_image is None or sample.edited_image is None or sample.edit_mask is None:
+        return []
+    try:
+        n = background_changes(sample.source_image, sample.edited_image, sample.edit_mask)
+    except InputError:
+        return []  # sizes disagree: validate names it
+    except (DataError, OSError, ValueError) as exc:
+        return [f"an image does not decode: {exc}"]
+    if not n:
+        return []
+    return [f"edited_image differs from source_image at {n} pixels outside edit_mask (the background invariant; "
+            "`refcoco-edit store repair --background` mends a store)"]
 
 
 def split_sort_key(name: str) -> tuple[int, str]:
@@ -175,6 +197,8 @@ class DatasetWriter:
         problems = validate(sample)
         if no_op:
             problems = [p for p in problems if p != _EMPTY_EDIT_MASK]
+        else:
+            problems += background_problems(sample)
         if not isinstance(sample.split, str) or not _SPLIT_NAME.match(sample.split or ""):
             problems.append(f"split {sample.split!r} is not a usable split name (letters, digits, _ and .)")
         if not sample.sample_id:

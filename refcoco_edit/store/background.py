@@ -56,19 +56,25 @@ class BackgroundRow:
         return f"sample {self.sample_id} ({self.status}): {self.pixels} pixels outside edit_mask differ from the source"
 
 
-def _same_size(source: Any, edited: Any, mask: Any) -> bool:
+def _applies(source: Any, edited: Any, mask: Any) -> bool:
+    """Whether the invariant can be kept by copying the source: all three present, of one size, and
+    M_e not empty (an empty M_e beside a changed image is another error, which `schema.validate`
+    and the export report; copying the source would silently turn the edit into a no-op)."""
+    if source is None or edited is None or mask is None:
+        return False
     size = getattr(source, "size", None)
     if size is None or getattr(edited, "size", None) != size:
         return False
-    return np.asarray(mask).shape == (size[1], size[0])
+    m = np.asarray(mask)
+    return m.shape == (size[1], size[0]) and bool(m.any())
 
 
 def for_new(values: dict[str, Any]) -> None:
     """Make a new sample's field values keep the invariant (in place). Incomplete samples (a draft
-    without an edited image or a mask) and sizes that disagree (which `schema.validate` reports) are
+    without an edited image or a mask), sizes that disagree and an empty M_e (see `_applies`) are
     left as they are."""
     src, out, mask = (values.get(n) for n in FIELDS)
-    if src is None or out is None or mask is None or not _same_size(src, out, mask):
+    if not _applies(src, out, mask):
         return
     values["edited_image"] = keep_background(src, out, mask)
 
@@ -109,7 +115,7 @@ def for_change(store: Store, before: Any, changes: dict[str, Any]) -> None:
                 out = _candidate_base(store, before["sample_id"], src, out, old_mask)
     except RefcocoEditError:
         return  # a blob or mask that does not decode: `store check` reports it; nothing to keep here
-    if src is None or out is None or mask is None or not _same_size(src, out, mask):
+    if not _applies(src, out, mask):
         return
     # Written even when it is the stored image: the same pixels give the same blob, and no change.
     changes["edited_image"] = keep_background(src, out, mask)
@@ -122,7 +128,7 @@ def _candidate_base(store: Store, sample_id: str, src: Any, edited: Any, old_mas
     if found is None:
         return edited
     image, _ = found
-    if not _same_size(src, image, old_mask):
+    if not _applies(src, image, old_mask):
         return edited
     cut = np.asarray(keep_background(src, image, old_mask).convert("RGB"))
     return image if np.array_equal(cut, np.asarray(edited.convert("RGB"))) else edited
@@ -130,8 +136,8 @@ def _candidate_base(store: Store, sample_id: str, src: Any, edited: Any, old_mas
 
 def background_rows(store: Store) -> Iterator[BackgroundRow]:
     """Every sample (drafts included) whose edited image breaks the invariant, in sample id order.
-    Samples without a source, an edited image or a mask, and those whose sizes disagree (which the
-    store's rules report), are skipped."""
+    Samples without a source, an edited image or a mask, those whose sizes disagree and those with an
+    empty M_e (which the store's rules and the export report as such) are skipped."""
     from refcoco_edit.store import rle
 
     rows = store._conn.execute(
@@ -146,7 +152,7 @@ def background_rows(store: Store) -> Iterator[BackgroundRow]:
                 cached = (row["source_image"], store.blobs.get(row["source_image"]))
             src, out = cached[1], store.blobs.get(row["edited_image"])
             mask = rle.from_json(row["edit_mask"])
-            if mask is None or not _same_size(src, out, mask):
+            if not _applies(src, out, mask):
                 continue
             n = background_changes(src, out, mask)
         except (RefcocoEditError, InputError):

@@ -27,6 +27,7 @@ from refcoco_edit.curation.build import (
     unit_key,
 )
 from refcoco_edit.errors import InputError
+from refcoco_edit.imaging.masks import background_changes
 from refcoco_edit.pipelines.base import Candidate as PipeCandidate
 from refcoco_edit.pipelines.base import dilate
 from refcoco_edit.pipelines.classical_inpaint import DEFAULT_DILATE
@@ -146,7 +147,10 @@ def test_demo_path_synthetic_and_classical_with_oracle(tmp_path, capsys):
             cands = st.get_candidates(s.sample_id)
             assert sum(c.chosen for c in cands) == 1
             chosen = next(c for c in cands if c.chosen)
-            assert np.array_equal(np.asarray(chosen.image), np.asarray(s.edited_image))
+            # the sample is the chosen candidate inside its M_e and the source outside (the invariant)
+            inside = chosen.edit_mask.astype(bool)[:, :, None]
+            assert np.array_equal(np.where(inside, np.asarray(chosen.image), src), np.asarray(s.edited_image))
+            assert background_changes(s.source_image, s.edited_image, s.edit_mask) == 0
             region = _gt_mask(truth).astype(bool)
             if s.pipeline == "synthetic":
                 assert np.array_equal(np.asarray(s.edited_image), _gt_image(truth))
@@ -480,7 +484,11 @@ def test_region_edit_on_tiny_sd15(tmp_path, capsys, tiny_cache):
                 assert g["prompt_sent"].startswith(indefinite(s.target).split()[0]) and s.target in g["prompt_sent"]
             cands = st.get_candidates(s.sample_id)
             assert len(cands) == 2 and cands[0].chosen and s.edited_image.size == s.source_image.size
-            assert np.array_equal(np.asarray(cands[0].image), np.asarray(s.edited_image))
+            # the chosen candidate inside its M_e; outside it the source, exactly (the invariant)
+            inside = cands[0].edit_mask.astype(bool)[:, :, None]
+            assert np.array_equal(np.where(inside, np.asarray(cands[0].image), np.asarray(s.source_image)),
+                                  np.asarray(s.edited_image))
+            assert background_changes(s.source_image, s.edited_image, s.edit_mask) == 0
     # and through the CLI with --pipeline-model
     summary = _run_cli(capsys, "--refcoco", "sample", "--store", str(tmp_path / "cli.db"), "--pipelines", "region_edit",
                        "--pipeline-model", "region_edit=tiny-sd15", "--steps", "2", "--size", "64", "--limit", "1",

@@ -257,6 +257,32 @@ def test_bad_rows_are_refused_by_name_and_nothing_is_written(tmp_path: Path) -> 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("ds")]  # no temporary folder either
 
 
+def test_a_row_whose_background_differs_from_the_source_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with Store.open(path, durable=False) as store:
+        good = store.add_sample(make_sample(1, status="accepted"), user="t")
+        bad = store.add_sample(make_sample(2, status="accepted"), user="t")
+        broken = np.asarray(store.get_sample(bad).sample.edited_image).copy()
+        outside = np.argwhere(store.get_sample(bad).sample.edit_mask == 0)[:3]
+        for y, x in outside:
+            broken[y, x, 1] ^= 1  # three background pixels off by 1 of 255, as an old import could hold
+        store._conn.execute("UPDATE samples SET edited_image = ? WHERE sample_id = ?",
+                            (store.blobs.put(Image.fromarray(broken)), bad))
+    with pytest.raises(ExportRefusedError) as err:
+        export_store(path, tmp_path / "ds")
+    assert [sid for sid, _ in err.value.problems] == [bad] and good not in str(err.value)
+    assert "at 3 pixels outside edit_mask" in str(err.value) and "repair --background" in str(err.value)
+    assert not (tmp_path / "ds").exists()
+    # the writer refuses such a sample from any source, not only from a store
+    with Store.open(path, create=False) as store:
+        sample = store.get_sample(bad).sample
+        assert len(store.repair_background()) == 1
+    with DatasetWriter(tmp_path / "ds2") as w:
+        assert any("3 pixels outside edit_mask" in p for p in w.add(sample))
+    # repaired, the store exports
+    assert export_store(path, tmp_path / "ds").rows == 2
+
+
 def test_refused_export_keeps_the_previous_dataset(tmp_path: Path, store_path: Path) -> None:
     out = tmp_path / "ds"
     export_store(store_path, out)
