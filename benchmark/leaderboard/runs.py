@@ -1,4 +1,9 @@
-"""The runs a leaderboard compares: each run folder's results.json, its samples.jsonl rows and outputs."""
+"""The runs a leaderboard compares: each run folder's results.json, its samples.jsonl rows and outputs.
+
+Run folders may come from anyone, so the leaderboard reads only files inside each folder: an output
+that samples.jsonl names is found inside the folder, or the leaderboard is refused with a message
+naming the run and the sample (never `../../etc/passwd`, an absolute path elsewhere or a symlink out).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.run.folder import OUTPUTS, SAMPLES, iter_results, output_name, read_jsonl
-from refcoco_edit.errors import InputError
+from benchmark.run.submission import IMAGE_SUFFIXES
+from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.imaging.files import OutsideFolderError, inside
 
 
 @dataclass
@@ -40,15 +47,38 @@ class RunEntry:
     def rows(self) -> list[dict[str, Any]]:
         """samples.jsonl rows (empty when the file is missing)."""
         if self._rows is None:
-            self._rows = read_jsonl(self.folder / SAMPLES)
+            rows = read_jsonl(inside(self.folder, SAMPLES, what=f"run {self.folder}"))
+            for i, row in enumerate(rows, 1):
+                if not isinstance(row, dict) or "sample_id" not in row:
+                    raise DataError(f"run {self.folder}: line {i} of {SAMPLES} is not a sample row")
+            self._rows = rows
         return self._rows
 
     def output_path(self, row: dict[str, Any]) -> Path | None:
-        """The output file of a samples.jsonl row (also when the run folder was moved)."""
-        recorded = Path(str(row.get("output", "")))
-        for path in (recorded, self.folder / OUTPUTS / recorded.name,
-                     self.folder / OUTPUTS / f"{output_name(str(row.get('sample_id')))}.png"):
-            if str(path) and path.is_file():
+        """The output file of a samples.jsonl row, always inside the run folder; None when it is missing.
+
+        The recorded path is used when it lies inside the folder. A path elsewhere that ends in the
+        sample's own file name is the run's old place (the folder was moved or copied, or the path was
+        recorded relative to another working folder): the file of that name in `outputs/` is used
+        instead, the recorded one is never read. Any other path, and any link out of the folder,
+        raises `OutsideFolderError`.
+        """
+        sid = str(row.get("sample_id"))
+        what = f"run {self.folder}, sample {sid}"
+        own = f"{output_name(sid)}.png"
+        recorded = row.get("output")
+        candidates = []
+        if recorded not in (None, ""):
+            try:
+                candidates.append(inside(self.folder, recorded, what=what))
+            except OutsideFolderError:
+                name = Path(str(recorded))
+                if name.stem != output_name(sid) or name.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise
+                candidates.append(inside(self.folder, Path(OUTPUTS) / name.name, what=what))
+        candidates.append(inside(self.folder, Path(OUTPUTS) / own, what=what))
+        for path in candidates:
+            if path.is_file():
                 return path
         return None
 

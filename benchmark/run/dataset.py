@@ -4,18 +4,23 @@ limit, read one sample at a time.
 `--dataset sample` builds the RefShapes RefCOCO-Edit once into the cache
 (`<cache>/datasets/refshapes-edit-v1`, RefShapes ground-truth edits through the store and export
 code) and reuses it; concurrent processes may race to build it, and the loser keeps the winner's.
+
+A dataset may come from anyone: its images are decoded through `refcoco_edit.imaging.files.open_image`
+(the pixel limit), never by `datasets`, and a cell that names a file is read only inside the dataset's
+folder (`Selection.root`).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmark.run.provenance import dataset_fingerprint
 from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.imaging.files import inside, open_image
 from refcoco_edit.io import atomic_dir
 
 if TYPE_CHECKING:
@@ -30,7 +35,7 @@ SAMPLE_DATASET_DIR = "refshapes-edit-v1"
 
 
 def sample_dataset_dir() -> Path:
-    from refcoco_edit.models.resolver import cache_dir
+    from refcoco_edit.settings import cache_dir
 
     return cache_dir() / "datasets" / SAMPLE_DATASET_DIR
 
@@ -88,29 +93,43 @@ class Selection:
     dataset: datasets.Dataset
     ids: list[str]
     splits: list[str]
+    _raw: datasets.Dataset | None = field(default=None, repr=False)  # images undecoded, for `sample`
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def sample(self, index: int) -> Sample:
-        from refcoco_edit.dataset.io import row_to_sample
+    @property
+    def root(self) -> Path | None:
+        """The dataset's folder (None for a Hub id): the only place an image cell naming a file is read."""
+        path = Path(self.source)
+        return path if path.is_dir() else None
 
-        return row_to_sample(self.dataset[int(index)], self.dataset.features)
+    def sample(self, index: int) -> Sample:
+        from refcoco_edit.dataset.io import row_to_sample, undecoded
+
+        if self._raw is None:
+            self._raw = undecoded(self.dataset)
+        return row_to_sample(self._raw[int(index)], self._raw.features, root=self.root)
 
     def source_sizes(self) -> dict[str, tuple[int, int]]:
-        """sample id -> (width, height) of its source image, read from the PNG headers only."""
-        import io
-
+        """sample id -> (width, height) of its source image, read from the image headers only (each
+        within the pixel limit, a file it names inside the dataset's folder)."""
         from datasets import Image as ImageFeature
-        from PIL import Image
 
         raw = self.dataset.select_columns(["sample_id", "source_image"]).cast_column(
             "source_image", ImageFeature(decode=False))
+        root = self.root
         sizes = {}
         for row in raw:
-            cell = row["source_image"]
+            what = f"sample {row['sample_id']}: source_image"
+            cell = row["source_image"] or {}
             data = cell.get("bytes")
-            with (Image.open(io.BytesIO(data)) if data is not None else Image.open(cell["path"])) as im:
+            if data is None:
+                if root is None or not cell.get("path"):
+                    raise DataError(f"{what}: the cell holds no image bytes (only a path, read only from a "
+                                    "dataset folder)")
+                data = inside(root, cell["path"], what=what)
+            with open_image(data, what=what, mode=None, load=False) as im:
                 sizes[row["sample_id"]] = im.size
         return sizes
 

@@ -15,6 +15,10 @@ a killed run leaves either a whole file or none, plus at most a `.<name>.<random
 the next run removes. Output file names are sample ids; an id with characters outside
 [A-Za-z0-9._-] is percent-encoded (`output_name`), and a submission for `rie-bench score` must use
 the same names.
+
+A run folder may come from someone else (a leaderboard compares downloaded runs): every file it names
+is read through `refcoco_edit.imaging.files.inside` (no path or link leads outside the folder) and
+every image through `open_image` (the pixel limit).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.imaging.files import inside, open_image
 from refcoco_edit.io import atomic_path, atomic_write_text, dumps
 
 if TYPE_CHECKING:
@@ -82,13 +87,17 @@ def remove_stale_temporaries(outputs: Path, names: set[str]) -> int:
 
 
 def png_is_whole(path: Path) -> bool:
-    """True when `path` is a PNG that opens and passes Pillow's chunk checks (not truncated)."""
-    from PIL import Image
-
+    """True when `path` is a PNG within the pixel limit that opens and passes Pillow's chunk checks (not
+    truncated), and not a link to a file outside its folder (such a file is generated again, which
+    replaces the link)."""
+    try:
+        inside(path.parent, path.name)
+    except DataError:
+        return False
     if not path.is_file():
         return False
     try:
-        with Image.open(path) as im:
+        with open_image(path, mode=None, load=False, formats=["PNG"]) as im:
             im.verify()
     except Exception:  # noqa: BLE001 - any failure means "regenerate"
         return False
@@ -153,12 +162,15 @@ def iter_results(paths: Sequence[Path | str]) -> Iterator[tuple[Path, dict[str, 
     """(run folder, results.json content) for run folders or results.json files."""
     for p in map(Path, paths):
         file = p / RESULTS if p.is_dir() else p
+        if p.is_dir():
+            inside(p, RESULTS, what=f"run {p}")  # the folder's results.json may be a link out of it
         if not file.is_file():
             raise InputError(f"no {RESULTS} at {p}; run `rie-bench run` or `rie-bench score` first")
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{file} cannot be read: {exc}") from exc
-        if data.get("schema") != RESULTS_SCHEMA:
-            raise DataError(f"{file} is not a rie-bench results file (schema {data.get('schema')!r})")
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if schema != RESULTS_SCHEMA:
+            raise DataError(f"{file} is not a rie-bench results file (schema {schema!r})")
         yield file.parent, data

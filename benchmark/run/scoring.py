@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.run.progress import sample_bar
-from refcoco_edit.errors import DataError
+from refcoco_edit.imaging.files import open_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -83,9 +83,9 @@ def score_samples(selection: Selection, indices: Sequence[int], output_path: Cal
                   metrics: Mapping[str, Metric], *, batch_size: int = 16, progress: bool = False,
                   extra: Callable[[int, Sample], dict[str, Any]] | None = None) -> tuple[list[dict], dict[str, str]]:
     """Score the outputs of `indices`: rows (index, sample_id, split, edit_type, pipeline, prompt, output,
-    each metric output's value, plus `extra(index, sample)`) and {metric: reason} of those unavailable."""
-    from PIL import Image
+    each metric output's value, plus `extra(index, sample)`) and {metric: reason} of those unavailable.
 
+    Each output is opened through `open_image` (the pixel limit; a clear error naming the sample)."""
     rows: list[dict[str, Any]] = []
     bar = sample_bar(len(indices), "score", progress)
     for start in range(0, len(indices), batch_size):
@@ -94,11 +94,7 @@ def score_samples(selection: Selection, indices: Sequence[int], output_path: Cal
         inputs = []
         for sample in samples:
             path = output_path(sample.sample_id)
-            try:
-                with Image.open(path) as im:
-                    output = im.convert("RGB")
-            except (OSError, ValueError) as exc:
-                raise DataError(f"output of sample {sample.sample_id} ({path}) cannot be read: {exc}") from exc
+            output = open_image(path, what=f"output of sample {sample.sample_id} ({path})", mode="RGB")
             inputs.append(_metric_input(sample, output))
         values: dict[str, list[Any]] = {}
         for metric in metrics.values():

@@ -4,8 +4,9 @@ Rules, each broken one reported with the samples it concerns (all of them, then 
 - every sample of the scored selection has exactly one output `<sample_id>.png` (also .jpg, .jpeg,
   .webp or .bmp, with a warning: lossy files add compression noise to the background metrics); ids
   with characters outside [A-Za-z0-9._-] are percent-encoded in file names (`folder.output_name`);
-- each output is readable (not truncated: Pillow's checks pass) and 8-bit RGB (no alpha, no grey,
-  no palette);
+- each output is a file inside the folder (not a link to a file elsewhere), within the pixel limit
+  (`refcoco_edit.imaging.files`, checked from the header before decoding), readable (not truncated:
+  Pillow's checks pass) and 8-bit RGB (no alpha, no grey, no palette);
 - each output has the source's size, or the same aspect ratio within 10% (a model's working size,
   e.g. 512x384 for 640x480); such outputs are resized to the source's size at scoring (bicubic) and
   counted in the report.
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.run.folder import output_name
-from refcoco_edit.errors import InputError
+from benchmark.run.folder import OUTPUTS, output_name
+from refcoco_edit.errors import DataError, InputError
+from refcoco_edit.imaging.files import inside, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
@@ -68,20 +70,23 @@ def prediction_folder(path: Path) -> Path:
     """The folder holding the images: `path`, or `path/outputs` for a run folder."""
     if not path.is_dir():
         raise InputError(f"--pred {path} is not a folder")
-    inner = path / "outputs"
+    inner = path / OUTPUTS
+    if inner.is_dir():
+        inside(path, OUTPUTS, what=f"--pred {path}")  # a link to a folder elsewhere is refused
     has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file())
     return inner if inner.is_dir() and not has_images else path
 
 
 def check_image(path: Path, size: tuple[int, int]) -> tuple[str | None, bool]:
-    """(problem or None, needs resizing) for one output against its source's (width, height)."""
-    from PIL import Image
+    """(problem or None, needs resizing) for one output against its source's (width, height).
 
+    The size is checked against the pixel limit from the header, before any pixel is read."""
     try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
+        with open_image(path, what="output", mode=None, load=False) as im:
             mode, (w, h) = im.mode, im.size
+            im.verify()
+    except DataError as exc:  # over the pixel limit, or not an image
+        return f"cannot be read ({exc})", False
     except Exception as exc:  # noqa: BLE001 - any failure to decode is the problem reported
         return f"cannot be read ({type(exc).__name__}: {exc})", False
     if mode != "RGB":
@@ -121,6 +126,11 @@ def validate_submission(folder: Path | str, expected: Mapping[str, tuple[int, in
             ambiguous.append(f"{sid} ({', '.join(p.name for p in found)})")
             continue
         path = found[0]
+        try:
+            inside(folder, path.name, what=f"sample {sid}")
+        except DataError as exc:
+            bad.append(f"{path.name}: {exc}")
+            continue
         problem, resize = check_image(path, size)
         if problem:
             bad.append(f"{path.name}: {problem}")
