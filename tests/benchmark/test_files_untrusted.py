@@ -166,6 +166,22 @@ def test_the_grid_source_column_comes_only_from_a_matching_local_dataset(run, be
     assert len(_embedded(render_html(load_runs([run]), grid=2, dataset=str(bench_dataset)))) == 4  # the user's
 
 
+def test_a_resumed_run_replaces_links_out_and_huge_outputs(run, bench_dataset, tmp_path):
+    """A cached output that links out of the folder or is over the pixel limit is not reused: it is
+    generated again, which replaces the link (the file it pointed to is left alone)."""
+    private = _outside_image(tmp_path)
+    before = private.read_bytes()
+    rows = _rows(run)
+    linked = run / "outputs" / f"{output_name(rows[0]['sample_id'])}.png"
+    linked.unlink()
+    os.symlink(private, linked)
+    (run / "outputs" / f"{output_name(rows[1]['sample_id'])}.png").write_bytes(huge_png())
+    again = run_benchmark(RunConfig(method="identity", dataset=str(bench_dataset), out=run, metrics=METRICS,
+                                    progress=False))
+    assert (again.generated, again.cached) == (2, len(rows) - 2)
+    assert not linked.is_symlink() and Image.open(linked).mode == "RGB" and private.read_bytes() == before
+
+
 # ---------------------------------------------------------------------------- rie-bench score
 def _submission(made_run: Path, tmp_path: Path) -> Path:
     sub = tmp_path / "submission"
