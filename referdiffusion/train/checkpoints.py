@@ -2,6 +2,8 @@
 
     OUT/frozen_components/    vae, text_encoder, tokenizer, scheduler, model_index.json: written once,
                               hard-linked (or copied) into each checkpoint
+    OUT/training_manifest.json  the pictures the run trains on (`manifest`), copied into each checkpoint
+                              and final/ so that an evaluation of any of them can check for overlap
     OUT/checkpoint-<step>/    a ReferDiffusionPipeline folder plus training_state/ (accelerate) and
                               trainer_state.json; with EMA on, ema/unet and ema/rem
     OUT/final/                the pipeline at the end of the run (EMA weights when EMA is on)
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from refcoco_edit.errors import InputError, ModelNotAvailableError
 from refcoco_edit.io import atomic_dir, dumps
 from referdiffusion.train.config import TrainConfig, config_to_dict, flat_dict
+from referdiffusion.train.manifest import MANIFEST
 
 if TYPE_CHECKING:
     import torch
@@ -157,6 +160,8 @@ def _write_pipeline(output_dir: Path, folder: Path, unet: UNet2DConditionModel, 
         shutil.copytree(frozen / name, folder / name, copy_function=_link_or_copy)
     unet.save_pretrained(folder / "unet")
     rem.save_pretrained(folder / "rem")
+    if (output_dir / MANIFEST).is_file():
+        shutil.copy2(output_dir / MANIFEST, folder / MANIFEST)
 
 
 class _ema_weights:

@@ -10,9 +10,14 @@ with the key's full dotted path in the message.
 - Overrides (`referdiffusion train ... optim.learning_rate=1e-4 stages.main.max_steps=10`) use dotted
   paths; a stage is addressed by its `name` or its index. Each value is parsed for the type of the
   field it sets (`null`/`none` for optional fields; YAML for lists and mappings).
-- The dataclass defaults are the real run's settings (480 x 480, AdamW, learning rate 5e-5, 5 %
-  classifier-free dropout of text, image and both, as InstructPix2Pix); the shipped YAML files set the
-  paper's ablation on top of them (`finetune`, `+rem`, `+rem+rcl`, `full`) and a `tiny` CPU run.
+- The dataclass defaults are the real run's settings (AdamW, learning rate 5e-5, 5 % classifier-free
+  dropout of text, image and both, as InstructPix2Pix) and the evaluation's image protocol (`aspect`:
+  longer side 512, aspect kept, as `rie-bench run` feeds the model; the paper stretched to 480 x 480,
+  which `data.resize=stretch data.resolution=480` reproduces); the shipped YAML files set the paper's
+  ablation on top of them (`finetune`, `+rem`, `+rem+rcl`, `full`) and a `tiny` CPU run.
+- A stage's `prompt_style` picks the stage-1 prompt recipe (`mask`, the paper's, or `expression`) from
+  the prompts `refcoco-edit synth` records for both; its `allow_eval_splits` must be true for a stage
+  to read a dataset's evaluation splits (val, testA, testB, test).
 
 YAML 1.1 (PyYAML) reads `5e-5` as a string; float fields accept such numeric strings.
 """
@@ -42,7 +47,9 @@ SHIPPED: dict[str, str] = {
 }
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-RESIZE_MODES = ("stretch", "crop")
+RESIZE_MODES = ("aspect", "stretch", "crop")
+PROMPT_STYLES = ("mask", "expression")  # refcoco_edit.dataset.synth.PROMPT_STYLES (kept light: no numpy here)
+TRAIN_SPLIT = "train"  # every other split is an evaluation split
 
 
 class ConfigError(InputError):
@@ -68,8 +75,11 @@ class ModelConfig:
 class DataConfig:
     """How samples become tensors (shared by every stage)."""
 
-    resolution: int = 480
-    resize: str = "stretch"  # stretch: whole picture to resolution^2; crop: shorter side, then centre crop
+    resolution: int = 512  # aspect: the longer side; stretch / crop: the square's side
+    # aspect: the evaluation's protocol (longer side = resolution, aspect kept, sides rounded to multiples of
+    # 8, Lanczos), padded to a square for batching; stretch: whole picture to resolution^2 (the paper's, at
+    # 480); crop: shorter side to resolution, then the centre square
+    resize: str = "aspect"
     max_token_length: int | None = None  # None: the tokenizer's (77 for CLIP)
     conditioning_dropout: float = 0.05  # InstructPix2Pix: text, image and both, each with this probability
     num_workers: int = 0
@@ -110,6 +120,10 @@ class StageConfig:
     split: str | None = "train"  # None: every split of the dataset
     max_samples: int | None = None  # use only the first N rows
     max_steps: int = 1000
+    # Stage-1 prompt recipe read from the rows' generation["prompts"] (`refcoco-edit synth` records both):
+    # mask (the paper's: "paint a man on the red mask") | expression; None: the rows' own prompt
+    prompt_style: str | None = None
+    allow_eval_splits: bool = False  # True: the stage may read val/testA/testB/test rows (warned)
     losses: dict[str, Any] = field(default_factory=dict)  # this stage's changes to the `losses` section
 
 
@@ -191,6 +205,11 @@ class TrainConfig:
             need(bool(s.name) and not s.name.isdigit(), f"{where}.name must be a non-numeric name, got {s.name!r}")
             need(s.max_steps >= 1, f"{where}.max_steps must be >= 1, got {s.max_steps}")
             need(s.max_samples is None or s.max_samples >= 1, f"{where}.max_samples must be >= 1, got {s.max_samples}")
+            need(s.split in (None, TRAIN_SPLIT) or s.allow_eval_splits,
+                 f"{where}.split {s.split!r} is an evaluation split of RefCOCO-Edit: train on {TRAIN_SPLIT!r}, or set "
+                 f"{where}.allow_eval_splits=true to use it anyway")
+            need(s.prompt_style is None or s.prompt_style in PROMPT_STYLES,
+                 f"{where}.prompt_style must be null or one of {', '.join(PROMPT_STYLES)}, got {s.prompt_style!r}")
             need(bool(s.dataset), f"{where}.dataset is not set: give a dataset folder or Hub id "
                                   f"(e.g. `{where}.dataset=DIR`), or sample:synth / sample:edits")
             try:

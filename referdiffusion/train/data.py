@@ -5,18 +5,28 @@ Stage 1 (`refcoco-edit synth`) and stage 2 (`refcoco-edit export`) write the sam
 dataset class serves both. Per sample it gives:
 
 - `source_pixel_values`, `edited_pixel_values`: 3 x R x R in [-1, 1] (R = `resolution`);
+- `pixel_mask`: 1 x R x R, 1 on the picture and 0 on the padding (`aspect` mode), all 1 otherwise;
 - `source_mask` (M) and `edit_mask` (M_e): 1 x R x R at image resolution. Resizing a 0/1 mask needs
   a rule: M is area-averaged (each pixel gets the share of the object under it, a soft target, the same
   rule `losses.soft_downsample` applies at latent resolution, so a thin object is not lost); M_e is
   "any": a pixel is edited when any source pixel under it is, so L_rcl never pulls an edited pixel
   back towards the source;
 - `input_ids`, `attention_mask` (L), the tokenized prompt, and `edit_token_mask` (L): 1 at the tokens
-  of the edit text P_e, found from the prompt's `edit_spans` through the tokenizer's offsets;
+  of the edit text P_e, found from the prompt's `edit_spans` through the tokenizer's offsets. With a
+  stage's `prompt_style`, prompt and spans come from the row's `generation["prompts"][style]` (what
+  `refcoco-edit synth` records for both stage-1 recipes) instead of its `prompt` column;
 - `sample_id` (a string; the collate function keeps a list), to name the samples of a bad batch.
 
-`resize="stretch"` maps the whole picture to R x R (nothing is cut, so the referred object and the
-edited area always stay in the picture; aspect ratios change); `"crop"` scales the shorter side to R
-and keeps the centre (aspect kept; an object near the border may be cut).
+The image protocol (`resize`), one for training and evaluation by default:
+
+- `"aspect"` (default): exactly what `rie-bench run` gives a model, `benchmark.methods._common.working_image`:
+  the longer side scaled to R, the aspect kept, each side rounded to the nearest multiple of 8
+  (`refcoco_edit.pipelines.base.working_size`), Lanczos resampling. For batching, the result is put at the
+  top left of an R x R canvas padded with 0 (mid grey); the padding is the same in source and target and
+  outside every mask, so to the losses it is unchanged background. `pixel_mask` marks the picture.
+- `"stretch"` maps the whole picture to R x R (the paper's recipe at 480; aspect ratios change).
+- `"crop"` scales the shorter side to R and keeps the centre (aspect kept; an object near the border
+  may be cut).
 
 Every sample is checked as it is read: source and edited image of the same size, masks of that size,
 spans inside the prompt; a bad row raises `DataError` naming its `sample_id`.
@@ -49,16 +59,24 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "sample_id", "source_image", "edited_image", "source_mask", "edit_mask", "prompt", "edit_spans",
 )
+# Kept when present: the picture's id and the generation record (stage-1 prompts, picture hash), read by
+# `prompt_style` and by the training manifest.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("image_id", "generation")
 SAMPLE_PREFIX = "sample:"
+TRAIN_SPLIT = "train"
 
 
-def open_dataset(spec: str, split: str | None = "train", max_samples: int | None = None) -> datasets.Dataset:
+def open_dataset(spec: str, split: str | None = "train", max_samples: int | None = None, *,
+                 allow_eval_splits: bool = False) -> datasets.Dataset:
     """A `datasets.Dataset` with the trainer's columns from a dataset folder, Hub id or `sample:*` name.
 
-    `split=None` joins every split of the dataset (in the export's split order).
+    `split=None` joins every split of the dataset (in the export's split order). Splits other than
+    `train` are RefCOCO-Edit's evaluation splits: refused unless `allow_eval_splits` (then a warning).
     """
     from refcoco_edit.dataset.io import load_refcoco_edit
 
+    if split not in (None, TRAIN_SPLIT):
+        _check_eval_splits(spec, [split], allow_eval_splits)
     path: str | Path = spec
     if spec.startswith(SAMPLE_PREFIX):
         from referdiffusion.train.sample_data import materialize_sample_dataset
@@ -79,6 +97,7 @@ def open_dataset(spec: str, split: str | None = "train", max_samples: int | None
 
             from refcoco_edit.dataset.export import split_sort_key
 
+            _check_eval_splits(spec, [k for k in ds.keys() if k != TRAIN_SPLIT], allow_eval_splits)
             parts = [ds[k] for k in sorted(ds.keys(), key=split_sort_key)]
             ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
@@ -86,12 +105,25 @@ def open_dataset(spec: str, split: str | None = "train", max_samples: int | None
         raise DataError(f"dataset {spec!r}" + (f" split {split!r}" if split else "") + f" lacks column(s) "
                         f"{', '.join(missing)}; the trainer needs {', '.join(REQUIRED_COLUMNS)} (as written by "
                         "`refcoco-edit export` or `refcoco-edit synth`)")
-    ds = ds.select_columns(list(REQUIRED_COLUMNS))
+    ds = ds.select_columns(list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in ds.column_names])
     if len(ds) == 0:
         raise DataError(f"dataset {spec!r}" + (f" split {split!r}" if split else "") + " has no rows")
     if max_samples is not None and max_samples < len(ds):
         ds = ds.select(range(max_samples))
     return ds
+
+
+def _check_eval_splits(spec: str, splits: list[str], allow: bool) -> None:
+    if not splits:
+        return
+    names = ", ".join(sorted(splits))
+    if not allow:
+        raise InputError(f"dataset {spec!r}: split(s) {names} are evaluation splits of RefCOCO-Edit; train on "
+                         f"{TRAIN_SPLIT!r} (stages.<name>.split=train), or set stages.<name>.allow_eval_splits=true "
+                         "to use them anyway")
+    log.warning("dataset %r: training on evaluation split(s) %s; the model will have seen pictures RefCOCO-Edit "
+                "evaluates on (the training manifest records them, and `rie-bench run` reports the overlap)",
+                spec, names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,9 +134,16 @@ Box = tuple[int, int, int, int]
 
 
 def _resize_box(size: tuple[int, int], resolution: int, mode: str) -> tuple[tuple[int, int], Box | None]:
-    """(size to resize to, crop box after resizing or None) for an image of `size` (w, h)."""
+    """(size to resize to, crop box after resizing or None) for an image of `size` (w, h). In `aspect`
+    mode the box is the R x R canvas around the resized picture at the top left (PIL pads while cropping)."""
     if mode == "stretch":
         return (resolution, resolution), None
+    if mode == "aspect":
+        from refcoco_edit.pipelines.base import working_size
+
+        return working_size(size, resolution), (0, 0, resolution, resolution)
+    if mode != "crop":
+        raise ValueError(f"unknown resize mode {mode!r}")
     w, h = size
     scale = resolution / min(w, h)
     nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
@@ -112,11 +151,30 @@ def _resize_box(size: tuple[int, int], resolution: int, mode: str) -> tuple[tupl
     return (nw, nh), (left, top, left + resolution, top + resolution)
 
 
-def image_to_tensor(image: Image.Image, resolution: int, mode: str = "stretch") -> torch.Tensor:
-    """A PIL image as a 3 x R x R float tensor in [-1, 1] (bicubic resize)."""
+def protocol_image(image: Image.Image, size: int) -> Image.Image:
+    """The picture as the model sees it in training and in `rie-bench run` (the `aspect` protocol): longer
+    side `size`, aspect kept, sides rounded to multiples of 8, Lanczos; no padding."""
+    from PIL import Image
+
+    from refcoco_edit.pipelines.base import working_size
+
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    work = working_size(image.size, size)
+    return image if work == image.size else image.resize(work, Image.Resampling.LANCZOS)
+
+
+def image_to_tensor(image: Image.Image, resolution: int, mode: str = "aspect") -> torch.Tensor:
+    """A PIL image as a 3 x R x R float tensor in [-1, 1]: `aspect` (the evaluation's protocol, padded
+    with 0), `stretch` or `crop` (bicubic)."""
     import torch
     from PIL import Image
 
+    if mode == "aspect":
+        pic = np.asarray(protocol_image(image, resolution), dtype=np.float32) / 127.5 - 1.0
+        arr = np.zeros((resolution, resolution, 3), np.float32)
+        h, w = min(resolution, pic.shape[0]), min(resolution, pic.shape[1])
+        arr[:h, :w] = pic[:h, :w]
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
     size, box = _resize_box(image.size, resolution, mode)
     im = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
     if box is not None:
@@ -125,8 +183,9 @@ def image_to_tensor(image: Image.Image, resolution: int, mode: str = "stretch") 
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def mask_to_tensor(mask: np.ndarray, resolution: int, mode: str = "stretch", rule: str = "area") -> torch.Tensor:
-    """A 0/1 (H, W) mask as a 1 x R x R float tensor: `area` (soft share of object) or `any` (0/1)."""
+def mask_to_tensor(mask: np.ndarray, resolution: int, mode: str = "aspect", rule: str = "area") -> torch.Tensor:
+    """A 0/1 (H, W) mask as a 1 x R x R float tensor: `area` (soft share of object) or `any` (0/1); the same
+    geometry as `image_to_tensor` (0 on the padding)."""
     import torch
     from PIL import Image
 
@@ -134,7 +193,7 @@ def mask_to_tensor(mask: np.ndarray, resolution: int, mode: str = "stretch", rul
     size, box = _resize_box((m.shape[1], m.shape[0]), resolution, mode)
     im = Image.fromarray(m, mode="F").resize(size, Image.Resampling.BOX)
     if box is not None:
-        im = im.crop(box)
+        im = im.crop(box)  # outside the picture (aspect mode's padding) PIL fills 0
     out = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
     if rule == "any":
         out = (out > 1e-6).astype(np.float32)
@@ -143,11 +202,25 @@ def mask_to_tensor(mask: np.ndarray, resolution: int, mode: str = "stretch", rul
     return torch.from_numpy(np.ascontiguousarray(out))[None]
 
 
+def pixel_mask(size: tuple[int, int], resolution: int, mode: str = "aspect") -> torch.Tensor:
+    """1 x R x R: 1 where the picture is, 0 on `aspect` mode's padding (all 1 in the other modes)."""
+    import torch
+
+    out = torch.zeros(1, resolution, resolution) if mode == "aspect" else torch.ones(1, resolution, resolution)
+    if mode == "aspect":
+        from refcoco_edit.pipelines.base import working_size
+
+        w, h = working_size(size, resolution)
+        out[:, :min(h, resolution), :min(w, resolution)] = 1
+    return out
+
+
 @dataclass(frozen=True)
 class DataOptions:
-    resolution: int = 480
-    resize: str = "stretch"
+    resolution: int = 512
+    resize: str = "aspect"
     max_token_length: int | None = None
+    prompt_style: str | None = None  # mask | expression: the stage-1 prompt from generation["prompts"]
 
 
 class EditingDataset:
@@ -158,8 +231,13 @@ class EditingDataset:
         from referdiffusion.text import fast_tokenizer
 
         missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+        if options.prompt_style is not None and "generation" not in dataset.column_names:
+            missing.append(f"generation (prompt_style={options.prompt_style} reads the prompts `refcoco-edit synth` "
+                           "records there)")
         if missing:
             raise DataError(f"dataset lacks column(s) {', '.join(missing)}")
+        if options.resize not in ("aspect", "stretch", "crop"):
+            raise InputError(f"unknown resize mode {options.resize!r}; use aspect, stretch or crop")
         self.dataset = dataset
         self.options = options
         # One fast tokenizer for ids and offsets (the slow CLIP tokenizer has no offsets); same ids.
@@ -168,6 +246,9 @@ class EditingDataset:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def _prompt(self, row: dict[str, Any], sid: str) -> tuple[str, Any]:
+        return stage_prompt(row, self.options.prompt_style, sid)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from refcoco_edit.dataset.io import decode_image, decode_mask
@@ -189,11 +270,11 @@ class EditingDataset:
             if m.shape != (source.size[1], source.size[0]):
                 raise DataError(f"sample {sid}: {name} is {m.shape[1]}x{m.shape[0]} but source_image is "
                                 f"{source.size[0]}x{source.size[1]}")
-        prompt = str(row["prompt"])
+        prompt, raw_spans = self._prompt(row, sid)
         try:
-            spans = [(int(s), int(e)) for s, e in row["edit_spans"]]
+            spans = [(int(s), int(e)) for s, e in raw_spans]
         except (TypeError, ValueError):
-            raise DataError(f"sample {sid}: edit_spans {row['edit_spans']!r} are not [start, end) pairs") from None
+            raise DataError(f"sample {sid}: edit_spans {raw_spans!r} are not [start, end) pairs") from None
         try:
             tokens = tokenize(self.tokenizer, [prompt], self.max_length)
             edit_tokens = spans_to_token_mask(self.tokenizer, [prompt], [spans], self.max_length)
@@ -205,10 +286,31 @@ class EditingDataset:
             "edited_pixel_values": image_to_tensor(edited, res, mode),
             "source_mask": mask_to_tensor(masks["source_mask"], res, mode, "area"),
             "edit_mask": mask_to_tensor(masks["edit_mask"], res, mode, "any"),
+            "pixel_mask": pixel_mask(source.size, res, mode),
             "input_ids": tokens["input_ids"][0],
             "attention_mask": tokens["attention_mask"][0],
             "edit_token_mask": edit_tokens[0],
         }
+
+
+def stage_prompt(row: dict[str, Any], style: str | None, sid: str = "?") -> tuple[str, Any]:
+    """(prompt, edit spans) of a row: its own, or with `style` the one `generation["prompts"][style]` holds."""
+    if style is None:
+        return str(row["prompt"]), row["edit_spans"]
+    import json
+
+    raw = row.get("generation")
+    try:
+        generation = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    except ValueError:
+        raise DataError(f"sample {sid}: generation is not JSON") from None
+    record = (generation.get("prompts") or {}).get(style) if isinstance(generation, dict) else None
+    if record is None:
+        if isinstance(generation, dict) and generation.get("prompt_style") == style:
+            return str(row["prompt"]), row["edit_spans"]
+        raise DataError(f"sample {sid}: no {style!r} prompt recorded (prompt_style={style} needs stage-1 data "
+                        "written by `refcoco-edit synth`; set the stage's prompt_style to null for other data)")
+    return str(record["prompt"]), record["edit_spans"]
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -273,9 +375,9 @@ def stage_loader(config: TrainConfig, stage: StageConfig, stage_index: int, toke
     """This process's batches of one stage, from micro-batch `start_batch` on (where a resumed run is)."""
     import torch
 
-    ds = open_dataset(stage.dataset, stage.split, stage.max_samples)
+    ds = open_dataset(stage.dataset, stage.split, stage.max_samples, allow_eval_splits=stage.allow_eval_splits)
     dataset = EditingDataset(ds, tokenizer, DataOptions(config.data.resolution, config.data.resize,
-                                                        config.data.max_token_length))
+                                                        config.data.max_token_length, stage.prompt_style))
     sampler = StepSampler(len(dataset), config.batch_size, seed=config.seed * 1000 + stage_index,
                           rank=accelerator.process_index, world=accelerator.num_processes, start_batch=start_batch)
     return torch.utils.data.DataLoader(

@@ -2,12 +2,13 @@
 
 So that `referdiffusion train --config tiny` runs with nothing prepared, a stage's `dataset` may name:
 
-- `sample:synth`: stage-1 data, `refcoco-edit synth --refcoco sample` (every ref, seed 0);
+- `sample:synth`: stage-1 data, `refcoco-edit synth --refcoco sample` (train refs, seed 0; both prompt
+  styles recorded, the `mask` one in the prompt column);
 - `sample:edits`: stage-2 data, RefShapes' ground-truth edits built into a store and exported, as
   `refcoco-edit build --refcoco sample --pipelines synthetic --auto-accept oracle` then
   `refcoco-edit export`.
 
-Each is written once into `<cache>/datasets/` (the cache of `refcoco_edit.models.resolver.cache_dir()`) under a
+Each is written once into `<cache>/datasets/` (the cache of `refcoco_edit.settings.cache_dir()`) under a
 file lock, in a temporary folder renamed into place, so a folder that exists is complete.
 """
 
@@ -22,12 +23,12 @@ from refcoco_edit.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
-SAMPLE_DATA_VERSION = "v1"
+SAMPLE_DATA_VERSION = "v2"  # v2: stage-1 data of train refs only, both prompt styles
 SAMPLE_DATASETS = ("sample:synth", "sample:edits")
 
 
 def sample_folder(spec: str) -> Path:
-    from refcoco_edit.models.resolver import cache_dir
+    from refcoco_edit.settings import cache_dir
 
     kind = spec.split(":", 1)[1]
     return cache_dir() / "datasets" / f"refshapes-{kind}-{SAMPLE_DATA_VERSION}"

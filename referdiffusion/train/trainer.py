@@ -23,6 +23,8 @@ and resumed therefore gives the same weights as one that never stopped (tested b
 Output folder:
 
     OUT/config.yaml                 the resolved config of the run
+    OUT/training_manifest.json      the pictures the stages' datasets hold (ids, content hashes) and the
+                                    image protocol (`manifest`); copied into every checkpoint and final/
     OUT/frozen_components/          vae, text_encoder, tokenizer, scheduler (DDIM), model_index.json: written
                                     once, hard-linked (or copied) into each checkpoint
     OUT/checkpoint-<step>/          a ReferDiffusionPipeline folder (`from_pretrained` loads it) with the
@@ -62,6 +64,7 @@ from referdiffusion.train.checkpoints import (
     write_frozen,
 )
 from referdiffusion.train.config import TrainConfig, config_to_dict, dump_config, flat_dict
+from referdiffusion.train.manifest import MANIFEST, build_manifest, write_manifest
 from referdiffusion.train.step import NonFiniteLoss, TrainStep
 
 if TYPE_CHECKING:
@@ -208,6 +211,8 @@ class Trainer:
             write_frozen(self.output_dir, pipe)
         if main and resume_from is None:
             dump_config(cfg, self.output_dir / "config.yaml")
+        if main and (resume_from is None or not (self.output_dir / MANIFEST).is_file()):
+            write_manifest(self.output_dir / MANIFEST, build_manifest(cfg))
         state = build_state(cfg, accelerator, pipe, max_length)
         skip_accelerate_model_files(accelerator)
         if resume_from is not None:

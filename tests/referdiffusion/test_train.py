@@ -91,6 +91,14 @@ def test_checkpoints_rotate_and_load_as_a_pipeline(tiny_cache, tmp_path):
     assert (out / "config.yaml").is_file() and load_config(out / "config.yaml") == cfg
     assert result.final == out / "final"
     assert _same(_weights(out / "final" / "unet"), _weights(out / "checkpoint-3" / "unet"))
+    # the training manifest travels with every checkpoint and final/
+    from referdiffusion.train.manifest import MANIFEST, read_manifest
+
+    manifest = read_manifest(out)
+    assert [s["rows"] for s in manifest["stages"]] == [4, 4] and manifest["pictures"]
+    assert manifest["preprocess"] == {"resize": "aspect", "size": 64}
+    for folder in ("checkpoint-2", "checkpoint-3", "final"):
+        assert (out / folder / MANIFEST).read_bytes() == (out / MANIFEST).read_bytes(), folder
 
     pipe = ReferDiffusionPipeline.from_pretrained(out / "checkpoint-3")
     assert _same({k: v for k, v in pipe.unet.state_dict().items()}, _weights(out / "checkpoint-3" / "unet"))

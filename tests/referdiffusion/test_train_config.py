@@ -35,11 +35,17 @@ def test_every_shipped_config_loads_and_matches_the_ablation():
     assert weights["+rem+rcl"] == (True, [True, True, True, True])
     assert weights["full"] == (True, [True, True, True, True])
     assert [s.name for s in cfgs["full"].stages] == ["synth", "edit"]
-    assert cfgs["full"].stages[0].dataset == "/data/synth" and cfgs["full"].stages[0].split is None
-    # the real run's settings (the paper's) and the tiny ones
+    synth = cfgs["full"].stages[0]
+    # stage 1: the paper's prompt recipe, never the evaluation splits' pictures
+    assert (synth.dataset, synth.split, synth.prompt_style, synth.allow_eval_splits) == ("/data/synth", "train",
+                                                                                       "mask", False)
+    assert cfgs["full"].stages[1].prompt_style is None  # stage 2 reads RefCOCO-Edit's own prompts
+    assert [(s.split, s.prompt_style) for s in cfgs["tiny"].stages] == [("train", "mask"), ("train", None)]
+    # the real run's settings (the paper's) and the tiny ones; images at the evaluation's protocol
     for name in ("finetune", "+rem", "+rem+rcl", "full"):
         c = cfgs[name]
-        assert (c.data.resolution, c.optim.learning_rate, c.data.conditioning_dropout) == (480, 5e-5, 0.05)
+        assert (c.optim.learning_rate, c.data.conditioning_dropout) == (5e-5, 0.05)
+        assert (c.data.resize, c.data.resolution) == ("aspect", 512)
         assert c.model.pretrained == "ip2p"
     tiny = cfgs["tiny"]
     assert (tiny.data.resolution, tiny.model.pretrained, tiny.mixed_precision) == (64, "tiny-ip2p", "no")
@@ -51,7 +57,8 @@ def test_every_shipped_config_loads_and_matches_the_ablation():
 
 def test_dataclass_defaults_are_the_paper_settings():
     c = TrainConfig()
-    assert (c.data.resolution, c.optim.learning_rate, c.data.conditioning_dropout) == (480, 5e-5, 0.05)
+    assert (c.data.resolution, c.data.resize, c.optim.learning_rate, c.data.conditioning_dropout) == (
+        512, "aspect", 5e-5, 0.05)
     assert (c.losses.noise_weight, c.losses.mask_weight, c.losses.edit_weight, c.losses.rcl_weight) == (1, 1, 1, 1)
 
 
@@ -96,6 +103,9 @@ def test_overrides_are_typed_by_their_field():
         ("stages.edit.losses.mask_weight=-1", "mask_weight must be >= 0"),
         ("model.use_rem=false", "L_mask and L_edit need the REM"),
         ("stages.edit.dataset=null", "stages.edit.dataset is not set"),
+        ("stages.synth.prompt_style=paper", "stages.synth.prompt_style must be null or one of mask, expression"),
+        ("stages.edit.split=testA", "stages.edit.split 'testA' is an evaluation split"),
+        ("data.resize=squash", "data.resize must be one of aspect, stretch, crop"),
     ],
 )
 def test_bad_overrides_are_refused_clearly(override, message):
@@ -103,6 +113,14 @@ def test_bad_overrides_are_refused_clearly(override, message):
         load_config("tiny", [override])
     assert message in str(info.value)
     assert isinstance(info.value, InputError)  # the CLI prints it on one line, exit code 2
+
+
+def test_evaluation_split_and_prompt_style_keys():
+    c = load_config("tiny", ["stages.edit.split=testA", "stages.edit.allow_eval_splits=true",
+                             "stages.synth.prompt_style=expression"])
+    assert (c.stages[1].split, c.stages[1].allow_eval_splits) == ("testA", True)
+    assert c.stages[0].prompt_style == "expression"
+    assert load_config("tiny", ["stages.synth.prompt_style=null"]).stages[0].prompt_style is None
 
 
 def test_yaml_files_types_and_base(tmp_path):

@@ -78,7 +78,7 @@ def _dataset(rows):
 
 def test_sample_tensors(tokenizer):
     rows = _rows()
-    ds = EditingDataset(_dataset(rows), tokenizer, DataOptions(resolution=32))
+    ds = EditingDataset(_dataset(rows), tokenizer, DataOptions(resolution=32, resize="stretch"))
     item = ds[0]
     assert item["sample_id"] == "s0"
     for key in ("source_pixel_values", "edited_pixel_values"):
@@ -108,12 +108,12 @@ def test_sample_tensors(tokenizer):
 def test_mask_resizing_rules():
     m = np.zeros((64, 48), np.uint8)
     m[:, 5] = 1  # a line one pixel wide
-    area = mask_to_tensor(m, 16, rule="area")[0].numpy()  # stretch 48x64 -> 16x16
+    area = mask_to_tensor(m, 16, "stretch", rule="area")[0].numpy()  # stretch 48x64 -> 16x16
     # box filter from 48 to 16 columns (3:1) and 64 to 16 rows (4:1): the line is 1/3 of its column
     assert area.shape == (16, 16)
     np.testing.assert_allclose(area[:, 1], 1 / 3, atol=1e-6)
     assert np.count_nonzero(area) == 16
-    anym = mask_to_tensor(m, 16, rule="any")[0].numpy()
+    anym = mask_to_tensor(m, 16, "stretch", rule="any")[0].numpy()
     np.testing.assert_array_equal(anym, (area > 0).astype(np.float32))
     # crop mode keeps the aspect and the centre
     img = Image.new("RGB", (64, 32), (255, 0, 0))
@@ -163,11 +163,114 @@ def test_bad_rows_and_missing_columns(tokenizer, tmp_path):
 
 
 def test_sample_datasets_have_both_stages(tiny_cache):
-    synth = open_dataset("sample:synth", split=None)
+    synth = open_dataset("sample:synth", split="train")
     edits = open_dataset("sample:edits", split="train")
-    assert synth.column_names == list(REQUIRED_COLUMNS) == edits.column_names
+    assert synth.column_names == [*REQUIRED_COLUMNS, "image_id", "generation"] == edits.column_names
     assert len(synth) > 50 and len(edits) > 50
     assert synth[0]["sample_id"].startswith("synth-")
+    assert open_dataset("sample:synth", split=None).num_rows == synth.num_rows  # only train refs were used
+
+
+# ---------------------------------------------------------------------------------------------
+# one protocol for training and evaluation
+
+
+@pytest.mark.parametrize("size", [(640, 480), (333, 500), (64, 64), (1000, 123), (17, 29)])
+def test_training_and_evaluation_preprocess_an_image_the_same_way(size):
+    from benchmark.methods._common import working_image
+    from benchmark.methods.referdiffusion import ReferDiffusionMethod
+    from referdiffusion.train.config import TrainConfig, load_config
+    from referdiffusion.train.data import pixel_mask
+
+    # the defaults agree: training's data protocol is rie-bench's for ReferDiffusion
+    cfg = TrainConfig()
+    assert (cfg.data.resize, cfg.data.resolution) == ("aspect", ReferDiffusionMethod.default_size) == ("aspect", 512)
+    shipped = load_config("full", ["stages.synth.dataset=/x", "stages.edit.dataset=/y"])
+    assert (shipped.data.resize, shipped.data.resolution) == ("aspect", 512)
+
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    for res in (512, 64):
+        evaluated = np.asarray(working_image(image, res), np.float32) / 127.5 - 1  # what rie-bench feeds the model
+        h, w = evaluated.shape[:2]
+        assert max(h, w) == res and w % 8 == 0 and h % 8 == 0
+        scale = res / max(size)  # aspect kept: each side within the rounding to 8 of the scaled side
+        assert abs(w - size[0] * scale) <= 4 and abs(h - max(8, size[1] * scale)) <= 4
+        trained = image_to_tensor(image, res).numpy().transpose(1, 2, 0)
+        assert trained.shape == (res, res, 3)
+        np.testing.assert_array_equal(trained[:h, :w], evaluated)
+        assert not trained[h:].any() and not trained[:, w:].any()  # the padding
+        valid = pixel_mask(image.size, res)[0].numpy()
+        assert valid[:h, :w].all() and valid.sum() == h * w
+        # masks follow the same geometry: a full mask covers the picture, not the padding
+        full = mask_to_tensor(np.ones((size[1], size[0]), np.uint8), res, rule="any")[0].numpy()
+        np.testing.assert_array_equal(full, valid)
+
+
+def test_referdiffusion_method_gets_the_same_pixels_as_training(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmark.methods.referdiffusion import ReferDiffusionMethod
+
+    seen = {}
+
+    def fake_pipe(prompt, image, **kw):
+        seen["image"] = image
+        return SimpleNamespace(images=[image], masks=[Image.new("L", image.size)])
+
+    method = ReferDiffusionMethod(model=str(tmp_path))
+    method.pipe = fake_pipe
+    source = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    method.edit(SimpleNamespace(source_image=source, prompt="paint a cat on the red mask", source_mask=None), seed=0)
+    fed = np.asarray(seen["image"], np.float32) / 127.5 - 1
+    trained = image_to_tensor(source, method.size).numpy().transpose(1, 2, 0)
+    np.testing.assert_array_equal(trained[:fed.shape[0], :fed.shape[1]], fed)
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt styles and splits
+
+
+def _styled(rows):
+    import json
+
+    for row in rows:
+        mask_prompt = "paint a square on the red mask"
+        row["generation"] = json.dumps({"stage": 1, "prompt_style": "expression", "prompts": {
+            "expression": {"prompt": row["prompt"], "referring_spans": [[8, 23]], "edit_spans": row["edit_spans"]},
+            "mask": {"prompt": mask_prompt, "referring_spans": [[18, 30]], "edit_spans": [[0, 14]]}}})
+    features = _dataset(_rows(1)).features.copy()
+    features["generation"] = datasets.Value("string")
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def test_prompt_style_picks_the_recorded_stage1_prompt(tokenizer):
+    ds = _styled(_rows())
+    own = EditingDataset(ds, tokenizer, DataOptions(resolution=32))[0]
+    expression = EditingDataset(ds, tokenizer, DataOptions(resolution=32, prompt_style="expression"))[0]
+    mask = EditingDataset(ds, tokenizer, DataOptions(resolution=32, prompt_style="mask"))[0]
+    assert own["input_ids"].tolist() == expression["input_ids"].tolist()
+    want = tokenizer("paint a square on the red mask", padding="max_length",
+                     max_length=tokenizer.model_max_length).input_ids
+    assert mask["input_ids"].tolist() == want
+    assert mask["input_ids"][mask["edit_token_mask"] > 0].tolist() == tokenizer("paint a square").input_ids[1:-1]
+    with pytest.raises(DataError, match="generation"):
+        EditingDataset(_dataset(_rows()), tokenizer, DataOptions(resolution=32, prompt_style="mask"))
+
+
+def test_evaluation_splits_are_refused_unless_allowed(tmp_path, caplog):
+    from refcoco_edit.errors import InputError
+
+    whole = datasets.DatasetDict({"train": _dataset(_rows(2)), "testA": _dataset(_rows(1))})
+    whole.save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(InputError, match="testA are evaluation splits"):
+        open_dataset(str(tmp_path / "d"), split=None)
+    with pytest.raises(InputError, match="allow_eval_splits"):
+        open_dataset(str(tmp_path / "d"), split="testA")
+    assert open_dataset(str(tmp_path / "d"), split="train").num_rows == 2
+    with caplog.at_level("WARNING"):
+        assert open_dataset(str(tmp_path / "d"), split=None, allow_eval_splits=True).num_rows == 3
+    assert "evaluation split(s) testA" in caplog.text
 
 
 def test_step_sampler_order_is_a_function_of_the_step():
