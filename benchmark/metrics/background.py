@@ -9,14 +9,20 @@ PSNR/SSIM with perfectly matching black areas).
   this is exactly MagicBrush's L2 (`nn.MSELoss` on `ToTensor` images). Lower is better.
 - `psnr_bg`: 10 log10(1 / l2_bg) in dB, from the same background MSE; capped at `max_db` (100 dB by
   default) so that an untouched background (MSE 0, PSNR infinite) still averages. Higher is better.
-- `ssim_bg`: the SSIM map of Wang et al. (Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03,
-  data range 1, per channel, population (co)variances) is computed at every pixel whose 11x11
-  window lies inside the image, and averaged over those pixels whose *centre* is background, and
-  over the channels. A window that straddles the mask border still counts when its centre is
-  background: such pixels are background whose neighbourhood changed, which a viewer sees as a
-  halo around the edit; excluding them would hide it. With an empty mask this equals (to about
-  1e-6, float32) `skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=1, channel_axis=-1)`. Higher is better.
+- `ssim_bg`: SSIM of the background only. The output's pixels inside M_e are first replaced by the
+  source's (in the output only; the source is left as it is), so that whatever a method drew inside
+  M_e cannot reach the score through a window that straddles the mask's border. Then the SSIM map
+  of Wang et al. (Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, per
+  channel, population (co)variances) is computed at every pixel whose 11x11 window lies inside the
+  image, and averaged over those pixels whose *centre* is background, and over the channels. So two
+  images whose backgrounds are identical score exactly 1 whatever differs inside M_e (before this
+  fill, a perfect reference edit scored about 0.99 because windows near M_e saw the edit), while a
+  background pixel that did change (a halo around the edit) still lowers every window that holds
+  it. With an empty mask this equals (to about 1e-6, float32)
+  `skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1, channel_axis=-1)`; with a mask, the mean of that
+  function's `full=True` map of (filled output, source) over background centres away from the
+  border (a test checks both). Higher is better.
 
 A sample whose background is empty (M_e covers the image; for SSIM: no background centre pixel
 lies 5 px from the border) gets no value (None) and is left out of the means.
@@ -141,14 +147,23 @@ def ssim_map_stack(outputs: np.ndarray, sources: np.ndarray, dtype: Any = None) 
     return num / den
 
 
+def fill_edit_region(outputs: np.ndarray, sources: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The outputs with the sources' pixels inside M_e (masks == 1): what `ssim_bg` compares, so that
+    only the background reaches its windows. The outputs themselves when every mask is empty."""
+    if not masks.any():
+        return outputs
+    return np.where(masks[..., None] != 0, sources, outputs)
+
+
 def ssim_bg_stack(outputs: np.ndarray, sources: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per-image mean of the SSIM map over background centre pixels and channels; NaN if none."""
+    """Per-image mean of the SSIM map of (output with M_e filled from the source, source) over
+    background centre pixels and channels; NaN if none (see the module docstring)."""
     import torch
 
     n, h, w, _ = outputs.shape
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         return np.full(n, np.nan)
-    smap = ssim_map_stack(outputs, sources)
+    smap = ssim_map_stack(fill_edit_region(outputs, sources, masks), sources)
     r = SSIM_WINDOW // 2
     bg = (as_tensor(masks[:, r : h - r, r : w - r]) == 0).to(smap.dtype)
     total = (smap * bg[:, None]).flatten(1).sum(dim=1, dtype=torch.float64)
@@ -189,7 +204,7 @@ def psnr_bg(output: Any, source: Any, edit_mask: Any | None = None, max_db: floa
 
 
 def ssim_bg(output: Any, source: Any, edit_mask: Any | None = None) -> float | None:
-    """Mean SSIM over background centre pixels (see the module docstring)."""
+    """Mean SSIM over background centre pixels, M_e filled from the source (see the module docstring)."""
     return _scalar(ssim_bg_stack(*_one(output, source, edit_mask))[0])
 
 
@@ -240,7 +255,7 @@ class PSNRBackground(_BackgroundMetric):
 class SSIMBackground(_BackgroundMetric):
     name = "ssim_bg"
     higher_is_better = True
-    description = "SSIM (Gaussian 11x11, sigma 1.5) averaged over background pixels"
+    description = "SSIM (Gaussian 11x11, sigma 1.5) averaged over background pixels, M_e filled from the source"
 
     def score_stack(self, outputs: np.ndarray, sources: np.ndarray, masks: np.ndarray) -> np.ndarray:
         return ssim_bg_stack(outputs, sources, masks)

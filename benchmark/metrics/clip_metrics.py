@@ -1,12 +1,17 @@
-"""CLIP metrics: clip_sim_fg (edited region vs edit text) and clip_t (whole output vs target caption).
+"""CLIP metrics: clip_sim_fg and clip_sim_fg_ref (edited region vs the edit text, vs the referring
+text) and clip_t (whole output vs target caption).
 
-Both are 100 x the cosine between a CLIP image embedding and a CLIP text embedding (the projected
+All are 100 x the cosine between a CLIP image embedding and a CLIP text embedding (the projected
 `get_image_features` / `get_text_features` outputs), not clamped at 0, averaged over samples.
 
-- `clip_sim_fg`: the image is the crop of the output (at the source's size) around the bounding box
-  of M_e, the box grown by `margin` x its width/height on each side and clipped to the image; the
-  text is P_e by default (`text="edit"`), or the whole prompt (`"prompt"`) or P_r (`"referring"`).
-  A sample with an empty M_e (or an empty text) gets no value.
+- `clip_sim_fg` and `clip_sim_fg_ref` (one metric, two outputs): the image is the crop of the output
+  (at the source's size) around the bounding box of the sample's M_e, the box grown by `margin`
+  (0.1 by default) x its width/height on each side and clipped to the image, embedded once for both.
+  `clip_sim_fg` compares it with P_e, the edit part of the prompt (`text="edit"`, the default; or
+  the whole prompt with `"prompt"`, or P_r with `"referring"`); `clip_sim_fg_ref` always compares it
+  with P_r, the referring part. The paper describes CLIP-Sim_fg once as the similarity of the edited
+  region to P_r and then in words that fit P_e; both readings are reported so that either can be
+  matched. A sample with an empty M_e, or an empty text, gets no value for that output.
 - `clip_t`: the whole output against the sample's target caption; samples without a caption get
   no value, and a run without any caption reports the metric as unavailable.
 
@@ -159,18 +164,27 @@ def crop_around_mask(image: Any, mask: Any, margin: float = DEFAULT_MARGIN) -> A
     return None if box is None else image.crop(box)
 
 
+def text_similarity(backbone: ClipBackbone, image_emb: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """100 x cosine of each row of `image_emb` (unit image embeddings) with its text; repeated texts
+    are embedded once."""
+    if len(image_emb) != len(texts):
+        raise ValueError(f"{len(image_emb)} image embeddings but {len(texts)} texts")
+    if not len(texts):
+        return np.zeros(0)
+    unique = list(dict.fromkeys(texts))
+    text_emb = backbone.embed_texts(unique)
+    where = {t: i for i, t in enumerate(unique)}
+    rows = np.array([where[t] for t in texts])
+    return 100.0 * np.einsum("nd,nd->n", np.asarray(image_emb, np.float64), text_emb[rows].astype(np.float64))
+
+
 def clip_similarity(backbone: ClipBackbone, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
     """100 x cosine of each (image, text) pair; repeated texts are embedded once."""
     if len(images) != len(texts):
         raise ValueError(f"{len(images)} images but {len(texts)} texts")
     if not images:
         return np.zeros(0)
-    unique = list(dict.fromkeys(texts))
-    text_emb = backbone.embed_texts(unique)
-    where = {t: i for i, t in enumerate(unique)}
-    rows = np.array([where[t] for t in texts])
-    img_emb = backbone.embed_images(images)
-    return 100.0 * np.einsum("nd,nd->n", img_emb.astype(np.float64), text_emb[rows].astype(np.float64))
+    return text_similarity(backbone, backbone.embed_images(images), texts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +202,7 @@ def clip_sim_fg(
     device: str | None = None,
 ) -> float | None:
     """100 x cos(CLIP(crop of `output` around `edit_mask`), CLIP(text)); None for an empty mask.
+    `clip_sim_fg` of a sample is this with its P_e as `text`, `clip_sim_fg_ref` with its P_r.
 
     `output` must already be at the mask's size (MetricInput resizes it for the metric class).
     """
@@ -262,9 +277,14 @@ class _ClipMetric(Metric):
 
 
 class ClipSimForeground(_ClipMetric):
+    """`clip_sim_fg` (crop vs P_e, or the text chosen by `text`) and `clip_sim_fg_ref` (crop vs P_r):
+    one crop around M_e (grown by `margin`), embedded once, two texts (see the module docstring)."""
+
     name = "clip_sim_fg"
+    outputs = ("clip_sim_fg", "clip_sim_fg_ref")
     higher_is_better = True
-    description = "100 x CLIP cosine between the crop around the edit mask and the edit text"
+    description = ("100 x CLIP cosine between the crop around the edit mask (grown by 10 %) and P_e "
+                   "(clip_sim_fg) or P_r (clip_sim_fg_ref)")
     empty_reason = "no sample has both a non-empty edit mask and a non-empty text"
 
     def __init__(self, *, margin: float = DEFAULT_MARGIN, text: str = "edit", **kwargs: Any) -> None:
@@ -276,18 +296,29 @@ class ClipSimForeground(_ClipMetric):
         self.margin = margin
         self.text = text
 
-    def _pairs(self, batch: Sequence[MetricInput]) -> tuple[list[int], list[Any], list[str]]:
-        idx, images, texts = [], [], []
-        field = TEXT_FIELDS[self.text]
+    def score_batch(self, batch: Sequence[MetricInput]) -> dict[str, list[float | None]]:
+        assert self.backbone is not None
+        fields = {"clip_sim_fg": TEXT_FIELDS[self.text], "clip_sim_fg_ref": TEXT_FIELDS["referring"]}
+        values: dict[str, list[float | None]] = {out: [None] * len(batch) for out in fields}
+        idx, crops = [], []
         for i, sample in enumerate(batch):
-            text = getattr(sample, field) or ""
             box = mask_box(sample.edit_mask, self.margin)
-            if box is None or not text.strip():
+            if box is None or not any((getattr(sample, f) or "").strip() for f in fields.values()):
                 continue
             idx.append(i)
-            images.append(sample.output_image.crop(box))
-            texts.append(text)
-        return idx, images, texts
+            crops.append(sample.output_image.crop(box))
+        if not crops:
+            return values
+        image_emb = self.backbone.embed_images(crops)  # once for both texts
+        for out, field in fields.items():
+            rows = [(k, getattr(batch[i], field) or "") for k, i in enumerate(idx)]
+            rows = [(k, t) for k, t in rows if t.strip()]
+            if not rows:
+                continue
+            sims = text_similarity(self.backbone, image_emb[[k for k, _ in rows]], [t for _, t in rows])
+            for (k, _), v in zip(rows, sims):
+                values[out][idx[k]] = float(v)
+        return values
 
 
 class ClipText(_ClipMetric):

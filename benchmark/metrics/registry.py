@@ -31,6 +31,7 @@ METRICS: Registry[type[Metric]] = Registry("metric", {
 
 # Output names that differ from their metric's name (kept here so that no import is needed).
 OUTPUT_OF: dict[str, str] = {
+    "clip_sim_fg_ref": "clip_sim_fg",
     "loc_precision": "localisation",
     "loc_recall": "localisation",
     "loc_iou": "localisation",

@@ -134,19 +134,53 @@ def test_ssim_bg_with_empty_mask_equals_scikit_image():
     assert 0.05 < got < 0.99  # not a degenerate case
 
 
-def test_ssim_bg_averages_the_map_over_background_centres():
+def test_ssim_bg_averages_the_map_over_background_centres_with_m_e_filled_from_the_source():
     rng = np.random.default_rng(4)
     src = np.asarray(rand_image(rng, 30, 34))
     out = np.clip(src.astype(int) + rng.integers(-30, 31, src.shape), 0, 255).astype(np.uint8)
     out[8:20, 10:24] = 255  # a "changed object"
     mask = box_mask(30, 34, 8, 10, 20, 24)
-    smap = numpy_ssim_map(out / 255.0, src / 255.0)  # 3 x 20 x 24: centres 5..24, 5..28
+    filled = np.where(mask[:, :, None] == 1, src, out)  # only the background reaches the windows
+    smap = numpy_ssim_map(filled / 255.0, src / 255.0)  # 3 x 20 x 24: centres 5..24, 5..28
     bg_centres = mask[5:25, 5:29] == 0
     ref = float(smap[:, bg_centres].mean())
     got = ssim_bg(Image.fromarray(out), Image.fromarray(src), mask)
     assert got == pytest.approx(ref, abs=1e-5)
     # the whole-image SSIM is lower: the changed object is left out
     assert got > ssim_bg(Image.fromarray(out), Image.fromarray(src)) + 0.01
+    # whatever is drawn inside M_e, the score is the same
+    out[8:20, 10:24] = rng.integers(0, 256, (12, 14, 3))
+    assert ssim_bg(Image.fromarray(out), Image.fromarray(src), mask) == got
+
+
+def test_ssim_bg_with_a_mask_equals_scikit_image_on_the_filled_output():
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(7)
+    src = np.asarray(rand_image(rng, 44, 50))
+    out = np.clip(src.astype(int) + rng.integers(-25, 26, src.shape), 0, 255).astype(np.uint8)
+    mask = box_mask(44, 50, 10, 12, 30, 35)
+    out[mask == 1] = rng.integers(0, 256, (int(mask.sum()), 3))
+    filled = np.where(mask[:, :, None] == 1, src, out)
+    _, full = skimage_metrics.structural_similarity(
+        filled / 255.0, src / 255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        data_range=1.0, channel_axis=-1, full=True)
+    inner = full[5:-5, 5:-5]  # the centres whose 11x11 window lies inside the image
+    ref = float(inner[mask[5:-5, 5:-5] == 0].mean())
+    assert ssim_bg(Image.fromarray(out), Image.fromarray(src), mask) == pytest.approx(ref, abs=1e-5)
+
+
+def test_ssim_bg_of_identical_backgrounds_is_exactly_one():
+    rng = np.random.default_rng(8)
+    src = np.asarray(rand_image(rng, 40, 40))
+    mask = box_mask(40, 40, 12, 12, 28, 30)
+    out = src.copy()
+    out[mask == 1] = 255 - out[mask == 1]  # a strong edit inside M_e, the background untouched
+    metrics = create_metrics("l2_bg,psnr_bg,ssim_bg")
+    got = {name: m.update([sample(out, src, mask)])[name][0] for name, m in metrics.items()}
+    assert got == {"l2_bg": 0.0, "psnr_bg": 100.0, "ssim_bg": 1.0}
+    # one background pixel changed: below 1 (the fill does not hide a changed background)
+    out[5, 5] = 255 - out[5, 5]
+    assert ssim_bg(Image.fromarray(out), Image.fromarray(src), mask) < 1.0
 
 
 def test_background_metrics_without_background_are_not_applicable():
@@ -374,9 +408,11 @@ def test_clip_metric_with_a_missing_model_path_is_unavailable(no_user_models, tm
     overrides = {"clip-vit-l14": str(tmp_path / "no-such-clip")}
     metric = create_metric("clip_sim_fg", overrides=overrides)
     assert "does not exist" in metric.availability()
-    assert metric.update([sample(src, src, box_mask(16, 16, 2, 2, 8, 8), edit_text="x")]) == {"clip_sim_fg": [None]}
-    result = metric.compute()["clip_sim_fg"]
-    assert result.available is False and "no-such-clip" in result.reason
+    assert metric.update([sample(src, src, box_mask(16, 16, 2, 2, 8, 8), edit_text="x")]) == {
+        "clip_sim_fg": [None], "clip_sim_fg_ref": [None]}
+    for name in ("clip_sim_fg", "clip_sim_fg_ref"):
+        result = metric.compute()[name]
+        assert result.available is False and "no-such-clip" in result.reason
 
 
 def _tiny_clip(tiny_cache):
@@ -456,12 +492,25 @@ def test_clip_metrics_equal_a_direct_transformers_computation(tiny_cache):
     crop = s.output.crop((6, 7, 26, 17))  # box rows 8-15, cols 8-23 grown by 10 %: (6.4, 7.2, 25.6, 16.8)
     for text_opt, text in (("edit", "blue"), ("prompt", "make the cat blue"), ("referring", "the cat")):
         m = create_metric("clip_sim_fg", clip_model="tiny-clip", text=text_opt, device="cpu")
-        assert m.update([s])["clip_sim_fg"][0] == pytest.approx(direct(crop, text), abs=1e-4)
+        got = m.update([s])
+        assert got["clip_sim_fg"][0] == pytest.approx(direct(crop, text), abs=1e-4)
+        # clip_sim_fg_ref: the same crop against P_r, whatever `text` says
+        assert got["clip_sim_fg_ref"][0] == pytest.approx(direct(crop, "the cat"), abs=1e-4)
+    assert abs(direct(crop, "blue") - direct(crop, "the cat")) > 1e-3  # the two readings differ here
     m = create_metric("clip_t", clip_model="tiny-clip", device="cpu")
     assert m.update([s])["clip_t"][0] == pytest.approx(direct(s.output, s.target_caption), abs=1e-4)
     # not applicable: an empty edit mask; a missing caption (and no caption at all: unavailable)
     empty = sample(s.output, s.source, np.zeros((32, 32), np.uint8), edit_text="blue")
-    assert create_metric("clip_sim_fg", clip_model="tiny-clip", device="cpu").update([empty]) == {"clip_sim_fg": [None]}
+    assert create_metric("clip_sim_fg", clip_model="tiny-clip", device="cpu").update([empty]) == {
+        "clip_sim_fg": [None], "clip_sim_fg_ref": [None]}
+    # a sample without P_r has clip_sim_fg but no clip_sim_fg_ref (and the reverse)
+    no_ref = sample(s.output, s.source, mask, edit_text="blue", referring_text="")
+    no_edit = sample(s.output, s.source, mask, edit_text=" ", referring_text="the cat")
+    got = create_metric("clip_sim_fg", clip_model="tiny-clip", device="cpu").update([no_ref, no_edit])
+    assert got["clip_sim_fg"][0] == pytest.approx(direct(crop, "blue"), abs=1e-4) and got["clip_sim_fg"][1] is None
+    assert got["clip_sim_fg_ref"][0] is None and got["clip_sim_fg_ref"][1] == pytest.approx(direct(crop, "the cat"),
+                                                                                            abs=1e-4)
+    assert canonical_name("clip_sim_fg_ref") == "clip_sim_fg"
     m = create_metric("clip_t", clip_model="tiny-clip", device="cpu")
     m.update([empty])
     assert m.compute()["clip_t"].available is False and "caption" in m.compute()["clip_t"].reason
