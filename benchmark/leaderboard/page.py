@@ -13,16 +13,21 @@ from typing import TYPE_CHECKING
 from benchmark.leaderboard.grid import DEFAULT_GRID, DEFAULT_THUMB, choose_grid_samples, grid_cells, png_bytes
 from benchmark.leaderboard.runs import RunEntry
 from benchmark.leaderboard.table import (
+    CONTAMINATED,
     DOWN,
     UP,
     best_runs,
     columns,
+    contamination,
+    contamination_note,
+    contamination_notes,
     format_ci,
     format_value,
     group_value,
     groups,
     has_value,
     header,
+    marked_label,
     warnings_for,
 )
 from refcoco_edit.io import atomic_write_bytes
@@ -40,6 +45,7 @@ td.best { font-weight: bold; background: #eef7ee; }
 .grid td { text-align: center; } .grid img { display: block; max-width: 100%; }
 .prompt { text-align: left !important; max-width: 16em; font-size: 90%; }
 .note { color: #555; } .warning { color: #a40; }
+tr.contaminated td:first-child { color: #a40; }
 """
 
 
@@ -64,7 +70,9 @@ def render_html(runs: Sequence[RunEntry], *, grid: int = DEFAULT_GRID, thumb: in
             cls = " class='best'" if i in best.get(name, []) else ""
             ci = esc(format_ci(r.get("ci")))
             cells.append(f"<td{cls}>{esc(format_value(r['value']))}<span class='ci'>{ci}</span></td>")
-        parts.append(f"<tr><td>{esc(run.label)}</td><td>{esc(str(run.samples))}</td>{''.join(cells)}</tr>")
+        record = contamination(run)
+        row = (f"<tr class='contaminated' title='{esc(contamination_note(record))}'>" if record else "<tr>")
+        parts.append(f"{row}<td>{esc(marked_label(run))}</td><td>{esc(str(run.samples))}</td>{''.join(cells)}</tr>")
     parts.append("</tbody></table>")
     parts.append(f"<p class='note'>{UP} higher is better, {DOWN} lower is better; mean with its bootstrap 95% "
                  "confidence interval; best mean highlighted.</p>")
@@ -72,6 +80,11 @@ def render_html(runs: Sequence[RunEntry], *, grid: int = DEFAULT_GRID, thumb: in
         parts.append(f"<p class='note'><code>{esc(name)}</code> not shown: {esc(reason)}</p>")
     for warning in warnings_for(runs):
         parts.append(f"<p class='warning'>warning: {esc(warning)}</p>")
+    for note in contamination_notes(runs):
+        if note.startswith(CONTAMINATED):
+            parts.append(f"<p class='warning'>trained on evaluation data: {esc(note)}</p>")
+        else:
+            parts.append(f"<p class='note'>{esc(note)}</p>")
     edit_types = groups(runs)
     if edit_types:
         parts.append("<h2>By edit type</h2><table><thead><tr><th>edit type</th><th>method</th>"
@@ -79,7 +92,7 @@ def render_html(runs: Sequence[RunEntry], *, grid: int = DEFAULT_GRID, thumb: in
         for group in edit_types:
             for run in runs:
                 cells = "".join(f"<td>{esc(format_value(group_value(run, n, group)))}</td>" for n, _ in cols)
-                parts.append(f"<tr><td>{esc(group)}</td><td>{esc(run.label)}</td>{cells}</tr>")
+                parts.append(f"<tr><td>{esc(group)}</td><td>{esc(marked_label(run))}</td>{cells}</tr>")
         parts.append("</tbody></table>")
     ids = choose_grid_samples(runs, grid)
     if ids:

@@ -1,5 +1,6 @@
 """What every leaderboard rendering shows: the columns, the cell values, the best marks, the warnings
-about runs that do not compare, and the whole board as JSON-ready data."""
+about runs that do not compare, the mark of runs whose model was trained on evaluation pictures, and
+the whole board as JSON-ready data."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from benchmark.leaderboard.runs import RunEntry
 LEADERBOARD_SCHEMA = "rie-bench/leaderboard/v1"
 FORMATS = ("md", "html", "json")
 UP, DOWN = "↑", "↓"
+CONTAMINATED = "†"  # after a run's label: its model was trained on some of the evaluation pictures
 
 
 def format_value(value: float | None) -> str:
@@ -85,6 +87,40 @@ def warnings_for(runs: Sequence[RunEntry]) -> list[str]:
     return out
 
 
+def contamination(run: RunEntry) -> dict[str, Any] | None:
+    """The run's contamination record when its model was trained on evaluation pictures, else None."""
+    record = run.results.get("contamination")
+    if isinstance(record, Mapping) and record.get("checked") and record.get("count"):
+        return dict(record)
+    return None
+
+
+def marked_label(run: RunEntry) -> str:
+    """The run's label, followed by `CONTAMINATED` when its model saw evaluation pictures."""
+    return f"{run.label} {CONTAMINATED}" if contamination(run) else run.label
+
+
+def contamination_note(record: Mapping[str, Any]) -> str:
+    """One sentence about a contamination record (the same words in every rendering)."""
+    ids = list(record.get("image_ids") or [])
+    shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    return (f"trained on {record.get('count')} of the {record.get('evaluation_pictures')} evaluation pictures "
+            f"({record.get('samples')} samples; image ids {shown}): not a held-out result")
+
+
+def contamination_notes(runs: Sequence[RunEntry]) -> list[str]:
+    """"label: note" for each marked run, and for ReferDiffusion runs that could not be checked."""
+    out = []
+    for run in runs:
+        record = contamination(run)
+        if record:
+            out.append(f"{CONTAMINATED} {run.label}: {contamination_note(record)}")
+        elif (run.results.get("contamination") or {}).get("checked") is False:
+            out.append(f"{run.label}: not checked for training on evaluation pictures "
+                       f"({run.results['contamination'].get('reason')})")
+    return out
+
+
 def groups(runs: Sequence[RunEntry], key: str = "by_edit_type") -> list[str]:
     """The group names (edit types) any run's metrics have, sorted."""
     seen: dict[str, None] = {}
@@ -104,6 +140,7 @@ def leaderboard_dict(runs: Sequence[RunEntry]) -> dict[str, Any]:
         "columns": [{"name": n, "higher_is_better": h} for n, h in cols],
         "not_shown": dropped,
         "runs": [{"label": r.label, "method": (r.results.get("method") or {}).get("name"), "folder": str(r.folder),
+                  "contaminated": contamination(r) is not None, "contamination": r.results.get("contamination"),
                   "fingerprint": r.fingerprint, "samples": (r.results.get("dataset") or {}).get("samples"),
                   "metrics": {n: {k: r.metrics.get(n, {}).get(k) for k in ("value", "ci", "n", "available", "reason")}
                               for n, _ in cols},

@@ -11,6 +11,8 @@ from benchmark.leaderboard.table import (
     UP,
     best_runs,
     columns,
+    contamination_note,
+    contamination_notes,
     format_ci,
     format_value,
     group_value,
@@ -18,6 +20,7 @@ from benchmark.leaderboard.table import (
     has_value,
     header,
     leaderboard_dict,
+    marked_label,
     warnings_for,
 )
 from refcoco_edit.io import dumps
@@ -39,6 +42,11 @@ def format_results_table(results: dict[str, Any]) -> str:
             continue
         value, ci = format_value(r["value"]), format_ci(r.get("ci"))
         lines.append(f"{head:<{width}}  {value:>10}  {ci:<24}  {r.get('n', 0):>5}")
+    record = results.get("contamination") or {}
+    if record.get("checked") and record.get("count"):
+        lines.append(f"warning: the model was {contamination_note(record)}")
+    elif record.get("checked") is False:
+        lines.append(f"note: not checked for training on evaluation pictures ({record.get('reason')})")
     return "\n".join(lines)
 
 
@@ -65,13 +73,16 @@ def render_markdown(runs: Sequence[RunEntry], *, grid_image: str | None = None,
             value = f"**{value}**" if i in best.get(name, []) else value
             ci = format_ci(r.get("ci"))
             cells.append(f"{value} {ci}".strip())
-        out.append(f"| {_md_escape(run.label)} | {run.samples} | " + " | ".join(cells) + " |")
+        out.append(f"| {_md_escape(marked_label(run))} | {run.samples} | " + " | ".join(cells) + " |")
     out.append("")
     out.append(f"{UP} higher is better, {DOWN} lower is better; mean [bootstrap 95% CI]; best mean in bold.")
     for name, reason in dropped.items():
         out.append(f"- `{name}` not shown: {_md_escape(reason)}")
     for warning in warnings_for(runs):
         out.append(f"- **warning**: {_md_escape(warning)}")
+    for note in contamination_notes(runs):
+        out.append(f"- **trained on evaluation data**: {_md_escape(note)}" if note.startswith("†")
+                   else f"- {_md_escape(note)}")
     edit_types = groups(runs)
     if edit_types:
         out += ["", "## By edit type", ""]
@@ -80,7 +91,7 @@ def render_markdown(runs: Sequence[RunEntry], *, grid_image: str | None = None,
         for group in edit_types:
             for run in runs:
                 cells = [format_value(group_value(run, n, group)) for n, _ in cols]
-                out.append(f"| {group} | {_md_escape(run.label)} | " + " | ".join(cells) + " |")
+                out.append(f"| {group} | {_md_escape(marked_label(run))} | " + " | ".join(cells) + " |")
     if grid_image:
         out += ["", "## Samples", "", f"![samples across methods]({grid_image})", ""]
         for k, sid in enumerate(grid_ids or [], 1):

@@ -1,8 +1,16 @@
 """What a run records about where its numbers came from: the dataset's content hash, the package
-versions, the git state and the accelerator.
+versions, the git state, the accelerator, and whether the evaluated model was trained on the pictures it
+is evaluated on.
 
 The dataset fingerprint hashes the stored bytes of the selected samples (not a path or a Hub id), so
 two runs with the same fingerprint scored the same samples whatever copy they read.
+
+Contamination (`training_overlap`): a checkpoint written by `referdiffusion train` holds
+`training_manifest.json`, the ids and content hashes of the pictures its stages trained on
+(`referdiffusion.train.manifest`). The run compares it with the evaluation samples' pictures (ids from
+the `image_id` column; hashes of the decoded source images, one decode per picture, the same
+`picture_hash` rule) and records the overlap. It also compares the image protocol the model was trained
+at with the run's working size.
 """
 
 from __future__ import annotations
@@ -42,6 +50,36 @@ def dataset_fingerprint(dataset: datasets.Dataset) -> str:
                 digest.update(len(blob).to_bytes(8, "big"))
                 digest.update(blob)
     return digest.hexdigest()
+
+
+def training_overlap(method_config: dict[str, Any], selection: Any, size: int | None) -> dict[str, Any] | None:
+    """What results.json records under `contamination` for a method whose model is a checkpoint folder:
+    the overlap of its training manifest with the evaluation pictures, `checked: false` for a
+    ReferDiffusion checkpoint without a manifest, None for other methods."""
+    model = method_config.get("model")
+    if not isinstance(model, str) or not model:
+        return None
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None
+    from referdiffusion.train.manifest import MANIFEST, overlap, picture_hashes, read_manifest, samples_per_picture
+
+    manifest = read_manifest(folder)
+    if manifest is None:
+        if not (folder / "rem").is_dir():  # not a ReferDiffusion checkpoint: nothing is known about its training
+            return None
+        return {"checked": False, "reason": f"{folder} has no {MANIFEST} (not written by `referdiffusion train`)"}
+    dataset = selection.dataset
+    evaluation, no_id = picture_hashes(dataset)
+    counts = samples_per_picture(dataset["image_id"]) if "image_id" in dataset.column_names else {}
+    record: dict[str, Any] = {"checked": True, "manifest": str((folder / MANIFEST).resolve()),
+                              **overlap(manifest, evaluation, counts)}
+    if no_id:
+        record["samples_without_image_id"] = no_id
+    trained = manifest.get("preprocess") or {}
+    record["protocol"] = {"trained": trained, "evaluated": {"resize": "aspect", "size": size}}
+    record["protocol"]["same"] = trained.get("resize") == "aspect" and trained.get("size") == size
+    return record
 
 
 def git_info(folder: Path | None = None) -> dict[str, Any] | None:

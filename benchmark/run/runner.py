@@ -12,6 +12,9 @@ Why it is built this way:
 - Sharding: each process generates and scores its share and writes a score file stamped with a run
   token (method config, seed, dataset fingerprint, scoring settings); the results are computed once,
   from all gathered rows in dataset order, so they equal a single-process run's.
+- Contamination: when the method's model is a checkpoint folder with a training manifest, the results
+  record which evaluation pictures it was trained on (`provenance.training_overlap`), with a warning
+  when there are any; the leaderboard marks such runs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark.run.dataset import Selection, open_selection
 from benchmark.run.folder import RESULTS, RESULTS_SCHEMA, check_run_file, output_path, write_results
 from benchmark.run.generation import generate_outputs, generation_log, sample_seed
-from benchmark.run.provenance import environment_info
+from benchmark.run.provenance import environment_info, training_overlap
 from benchmark.run.scoring import (
     ScoreConfig,
     build_metrics,
@@ -174,6 +177,8 @@ def run_benchmark(config: RunConfig, *, method: Method | None = None) -> RunSumm
         return summary
     all_rows, all_unavailable, score_seconds = gathered
     all_rows.sort(key=lambda r: r["index"])  # dataset order: the bootstrap must not depend on the sharding
+    contamination = training_overlap(method_config, selection, method_config.get("size"))
+    _warn_contamination(contamination)
     metrics = summarize_rows(all_rows, score_config, all_unavailable)
     seconds = [r["seconds"] for r in all_rows if isinstance(r.get("seconds"), (int, float))]
     run_config = {k: v for k, v in asdict(config).items() if k not in ("model_overrides", "out", "progress")}
@@ -189,13 +194,29 @@ def run_benchmark(config: RunConfig, *, method: Method | None = None) -> RunSumm
                 "cached_this_call": cached},
         extra={"seeds": {"run_seed": config.seed,
                          "per_sample": "int(sha256(f'{run_seed}:{sample_id}')[:4 bytes]) >> 1, in samples.jsonl"},
-               "metrics_config": metrics_config(score_config)},
+               "metrics_config": metrics_config(score_config),
+               **({"contamination": contamination} if contamination is not None else {})},
     )
     write_results(out, record, all_rows)
     summary.results = record
     summary.seconds = time.perf_counter() - start
     logger.info("generation %.1f s, all %.1f s", gen_seconds, summary.seconds)
     return summary
+
+
+def _warn_contamination(record: dict[str, Any] | None) -> None:
+    if not record or not record.get("checked"):
+        return
+    if record["count"]:
+        ids = record["image_ids"]
+        shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        logger.warning("the model was trained on %d of the %d evaluation pictures (%d samples; image ids %s): "
+                       "its scores are not a held-out evaluation", record["count"], record["evaluation_pictures"],
+                       record["samples"], shown)
+    protocol = record.get("protocol") or {}
+    if not protocol.get("same", True):
+        logger.warning("the model was trained at %s but is evaluated at %s (longer side, aspect kept)",
+                       protocol.get("trained"), protocol.get("evaluated"))
 
 
 def score_predictions(pred: Path | str, dataset: str, *, out: Path | str | None = None, split: str | None = None,
