@@ -552,3 +552,36 @@ def test_aesthetic_tiny_head_equals_laion_mlp_by_hand(tiny_cache, tmp_path):
     metric = create_metric("aesthetic", overrides={"aesthetic": str(bad)}, clip_model="tiny-clip", device="cpu")
     assert metric.update(batch) == {"aesthetic": [None, None, None]}
     assert "not a LAION aesthetic head" in metric.compute()["aesthetic"].reason
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference edit scores a perfect background: the dataset's invariant, end to end
+
+
+def test_reference_method_has_a_perfect_background_on_every_sample_of_every_edit_type(tmp_path):
+    """The bundled RefShapes sample built as the demo builds it (exact edits and OpenCV removals),
+    exported, and scored with `rie-bench run --method reference`: every sample of every edit type and
+    pipeline gets l2_bg 0, psnr_bg at its cap and ssim_bg 1."""
+    from benchmark.cli import main as rie_bench
+    from refcoco_edit.curation.build import BuildConfig, build
+    from refcoco_edit.dataset.export import export_store
+    from refcoco_edit.refer.reader import RefCOCO
+    from refcoco_edit.store import Store
+
+    with Store.open(tmp_path / "store.db", durable=False) as store:
+        summary = build(RefCOCO.load("sample"), store, BuildConfig(
+            pipelines=("synthetic", "classical_inpaint"), auto_accept="oracle", limit=6).check())
+        assert summary.built == 24 and summary.failed == 0
+    export_store(tmp_path / "store.db", tmp_path / "ds", statuses=["accepted", "candidate"])
+    seen = set()
+    for split in ("train", "val", "testA", "testB"):
+        if not list((tmp_path / "ds" / "data").glob(f"{split}-*.parquet")):
+            continue
+        run = tmp_path / f"run-{split}"
+        assert rie_bench(["run", "--method", "reference", "--dataset", str(tmp_path / "ds"), "--split", split,
+                          "--out", str(run), "--metrics", "l2_bg,psnr_bg,ssim_bg", "--no-progress"]) == 0
+        for row in (json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()):
+            assert (row["l2_bg"], row["psnr_bg"], row["ssim_bg"]) == (0.0, 100.0, 1.0), row
+            seen.add((row["edit_type"], row["pipeline"]))
+    assert seen == {("replace", "synthetic"), ("remove", "synthetic"), ("attribute", "synthetic"),
+                    ("remove", "classical_inpaint")}
