@@ -88,6 +88,7 @@ def launch(ctx: AppContext, *, host: str = DEFAULT_HOST, port: int | None = DEFA
     from annotation_app.auth import ClientAddressMiddleware, StoreAuth
     from annotation_app.sessions import DEFAULT_TTL_S, install
     from annotation_app.shortcuts import shortcuts_head
+    from annotation_app.uploads import UploadGuard, limits_for
 
     if not ctx.store.list_users():
         from annotation_app.errors import AppError
@@ -102,7 +103,10 @@ def launch(ctx: AppContext, *, host: str = DEFAULT_HOST, port: int | None = DEFA
                 auth_message="Sign in with your RefCOCO-Edit account.", prevent_thread_lock=True,
                 max_file_size=ctx.config.max_upload_bytes, show_error=True, quiet=quiet, ssr_mode=False,
                 enable_monitoring=False, mcp_server=False, run_history=False, footer_links=["api", "settings"],
-                head=shortcuts_head(), css=CSS, app_kwargs={"middleware": [Middleware(ClientAddressMiddleware)]})
+                head=shortcuts_head(), css=CSS, app_kwargs={"middleware": [
+                    Middleware(ClientAddressMiddleware),
+                    # each user's upload quota, and only images kept (uploads.UploadGuard)
+                    Middleware(UploadGuard, limits=limits_for(ctx.config))]})
     install(demo.server_app, ctx.store, ttl_s=DEFAULT_TTL_S if session_ttl_s is None else session_ttl_s)
     if block:
         try:

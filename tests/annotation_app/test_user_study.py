@@ -409,3 +409,17 @@ def test_export_goes_to_the_admin_only(served, tmp_path):
     assert exports == []
     for ref in file_refs(table):
         assert body.decode() not in http.get(f"gradio_api/file={ref}").text
+
+
+def test_the_app_guards_its_upload_route(served):
+    """`launch` puts `uploads.UploadGuard` in front of Gradio's upload route: only images are kept."""
+    from tests.annotation_app.test_uploads import noise_png
+
+    url, _, gradio_folder = served
+    http = signed_in(url, "ann2")
+    fake = b"GIF89a? no: plain text pretending to be a picture"
+    r = http.post("gradio_api/upload", files=[("files", ("photo.png", fake, "image/png"))])
+    assert r.status_code == 415 and "photo.png: not a readable image" in r.text
+    assert [p for p in gradio_folder.rglob("*") if p.is_file() and p.read_bytes() == fake] == []
+    r = http.post("gradio_api/upload", files=[("files", ("photo.png", noise_png(12, seed=0), "image/png"))])
+    assert r.status_code == 200 and r.json()[0].endswith("photo.png")
