@@ -1,0 +1,189 @@
+"""A rater's whole user-study session in a real headless Chromium, at a laptop's 1366x768: sign in,
+rate several items (every shown output on both questions), submit, reload the page and find the
+progress kept; then an admin exports the means, which arrive as a browser download of the CSV.
+
+Marked `browser` (skipped by the default run); Playwright and Chromium are found or installed as in
+`test_browser.py`. Full-page screenshots of every step go to `test-artifacts/browser/user_study/`
+(or under $REFCOCO_EDIT_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.annotation_app.test_browser import (
+    ARTIFACTS,
+    CHROMIUM_FLAGS,
+    TIMEOUT_MS,
+    ensure_browser,
+    free_port,
+    wait_text,
+)
+from tests.annotation_app.test_user_study import METHODS, write_manifest
+
+# gradio's queue uses a pandas option that pandas 3 deprecates; not ours to fix
+pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:.*deprecated.*")]
+
+USERS = {"rater1": ("annotator", "rater1-password"), "boss": ("admin", "boss-password")}
+VIEWPORT = {"width": 1366, "height": 768}
+N_ITEMS = 3
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    path, why = ensure_browser()
+    if path is None:
+        pytest.skip(f"browser tests need Playwright and Chromium: {why}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, refshapes, verdicts):
+    """The app on a free loopback port, on a fresh store holding a study of three items."""
+    from PIL import Image
+
+    from annotation_app.app import configure_process, launch
+    from annotation_app.context import AppConfig, AppContext
+    from refcoco_edit.store import Store
+    from tests.annotation_app.conftest import pipeline_factory
+
+    saved, saved_pixels = os.environ.get("GRADIO_TEMP_DIR"), Image.MAX_IMAGE_PIXELS
+    folder = tmp_path_factory.mktemp("study-browser")
+    store_path = folder / "store.sqlite"
+    with Store.open(store_path, durable=False) as store:
+        for name, (role, pw) in USERS.items():
+            store.add_user(name, role, pw)
+    configure_process(store_path, 4096 * 4096)
+    ctx = AppContext(AppConfig(store_path=store_path, durable=False), data=refshapes, verdicts=verdicts,
+                     pipeline_factory=pipeline_factory)
+    ctx.study.import_manifest(write_manifest(folder / "manifest", n_items=N_ITEMS))
+    port = free_port()
+    demo = launch(ctx, port=port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}", ctx
+    finally:
+        demo.close()
+        ctx.close()
+        Image.MAX_IMAGE_PIXELS = saved_pixels
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+class Shots:
+    """Numbered full-page screenshots of one session."""
+
+    def __init__(self, page, name: str) -> None:
+        self.page, self.n = page, 0
+        self.folder = ARTIFACTS / name
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def shot(self, what: str) -> Path:
+        self.n += 1
+        path = self.folder / f"{self.n:02d}-{what}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+def sign_in(page, url: str, user: str) -> None:
+    page.goto(url + "/logout")
+    page.goto(url + "/")
+    page.locator("input[type=text]").first.fill(user)
+    page.locator("input[type=password]").fill(USERS[user][1])
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#tab-annotate", state="attached", timeout=TIMEOUT_MS)
+
+
+def open_study(page) -> None:
+    page.get_by_role("tab", name="User study").click()
+    page.wait_for_selector("#study-next", state="visible")
+
+
+def choose(page, elem_id: str, score: int) -> None:
+    page.locator(f"#{elem_id} label").filter(has_text=str(score)).first.click()
+
+
+def no_error_badges(page) -> None:
+    """Gradio marks a failed event's outputs with "Error" badges; none may show."""
+    assert page.get_by_text("Error", exact=True).count() == 0
+
+
+def test_a_rater_session_in_chromium(chromium, server, tmp_path):
+    url, ctx = server
+    page = chromium.new_page(viewport=VIEWPORT, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    shots = Shots(page, "user_study")
+
+    sign_in(page, url, "rater1")
+    open_study(page)
+    shots.shot("study-tab")
+    page.click("#study-next")
+    wait_text(page, "#study-progress", f"0 of {N_ITEMS} item(s) rated")
+    wait_text(page, "#study-message", "for image quality and consistency with the prompt")
+    assert page.locator("#study-preservation-0").count() == 0 or not page.locator("#study-preservation-0").is_visible()
+    shots.shot("first-item")
+
+    # rate two items; slot i gets quality 5 - i and prompt consistency 1 + i, so what is stored says
+    # which slot each score came from
+    rated = []
+    for n in range(2):
+        for i in range(len(METHODS)):
+            page.wait_for_selector(f"#study-output-{i} img")
+            choose(page, f"study-quality-{i}", 5 - i)
+            choose(page, f"study-prompt-consistency-{i}", 1 + i)
+        shots.shot(f"item-{n + 1}-scored")
+        item_id = ctx.study.next_item_id("rater1")
+        order = [o.method for o in ctx.study.item(item_id, "rater1").outputs]
+        rated.append((item_id, order))
+        page.click("#study-submit")
+        wait_text(page, "#study-message", f"Saved your ratings of item {item_id}")
+        wait_text(page, "#study-progress", f"{n + 1} of {N_ITEMS} item(s) rated")
+        no_error_badges(page)
+        shots.shot(f"item-{n + 1}-saved")
+
+    stored = {(r["item_id"], r["method"]): (r["quality"], r["prompt_consistency"], r["preservation"])
+              for r in ctx.study.ratings()}
+    assert stored == {(item_id, m): (5 - i, 1 + i, None) for item_id, order in rated for i, m in enumerate(order)}
+
+    # a reload starts a new page session: the progress is the store's, kept
+    page.reload()
+    open_study(page)
+    page.click("#study-next")
+    wait_text(page, "#study-progress", f"2 of {N_ITEMS} item(s) rated")
+    remaining = ctx.study.next_item_id("rater1")
+    assert remaining not in {item_id for item_id, _ in rated}
+    page.wait_for_selector("#study-output-0 img")
+    no_error_badges(page)
+    shots.shot("after-reload-progress-kept")
+
+    # submitting with an output left unscored is refused, and nothing is stored
+    choose(page, "study-quality-0", 3)
+    page.click("#study-submit")
+    wait_text(page, "#study-message", "Refused: score every output")
+    assert len(ctx.study.ratings()) == 2 * len(METHODS)
+    shots.shot("refused-incomplete")
+
+    # the admin's export arrives as a download made in the browser
+    sign_in(page, url, "boss")
+    open_study(page)
+    page.get_by_text("Export (admins)").click()
+    with page.expect_download() as download:
+        page.click("#study-export")
+    saved = tmp_path / "export.csv"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename.startswith("user-study-")
+    assert saved.read_text() == ctx.study.export_csv()
+    wait_text(page, "#study-table", "referdiffusion")
+    shots.shot("admin-export")
+    page.close()
