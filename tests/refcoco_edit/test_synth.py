@@ -322,6 +322,21 @@ def test_cli_synth_writes_limit_rows(tmp_path: Path, capsys) -> None:
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["written"] == 5 and summary["export"]["rows"] == 5
     assert (out / "README.md").is_file() and list((out / "data").glob("*-00000-of-00001.parquet"))
+    assert summary["export"]["splits"] == {"train": 5}  # the train split by default
+
+
+@pytest.mark.parametrize("style", ["mask", "expression"])
+def test_cli_prompt_style(tmp_path: Path, capsys, style: str) -> None:
+    import datasets
+
+    out = tmp_path / style
+    args = ["synth", "--refcoco", "sample", "--out", str(out), "--limit", "3", "--no-save-to-disk", "--json"]
+    assert main(args + (["--prompt-style", style] if style != "mask" else [])) == 0
+    rows = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    for row in rows:
+        g = json.loads(row["generation"])
+        assert g["prompt_style"] == style and g["prompts"][style]["prompt"] == row["prompt"]
+        assert (row["referring_text"] == f"the {g['colour']} mask") == (style == "mask")
 
 
 def test_cli_enrich_without_an_llm_is_an_error(tmp_path: Path, monkeypatch) -> None:
