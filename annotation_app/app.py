@@ -21,14 +21,34 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 TITLE = "RefCOCO-Edit annotation"
-# Review pictures are scaled up to fit their boxes, pixelated so masks stay crisp. The annotate
-# picture is left as Gradio draws it: its click -> pixel mapping assumes pictures are never scaled
-# up, so small images are enlarged on the server instead (`render.display_factor`).
+# Result and review pictures are scaled up to fit their boxes, pixelated so masks stay crisp. The
+# annotate source picture is left as Gradio draws it: its click -> pixel mapping assumes pictures
+# are never scaled up, so small images are enlarged on the server instead (`render.display_factor`).
+# The bars with each tab's main actions stay in view (sticky) and the layout is tight enough that a
+# whole item fits a 1366x768 screen.
 CSS = """
-#review-source img, #review-result img, #review-source-mask img, #review-edit-mask img {
-  object-fit: contain !important; image-rendering: pixelated; }
+#review-source img, #review-result img, #review-source-mask img, #review-edit-mask img, #annotate-result img {
+  object-fit: contain !important; image-rendering: pixelated; width: 100%; height: 100%; }
 #annotate-image img { cursor: crosshair; }
-.gradio-container { max-width: 1400px !important; }
+.gradio-container { max-width: 1400px !important; padding-top: 0 !important; padding-bottom: 2px !important;
+  --layout-gap: 8px; --block-label-margin: 0; --block-padding: 6px 10px; }
+.gradio-container, .gradio-container .tabs, .gradio-container .tabitem, .gradio-container .main,
+.gradio-container .wrap, .gradio-container .contain { overflow: visible !important; }
+#app-header { min-height: 0; gap: 8px; }
+#app-header h3 { margin: 0; }
+#app-header p { margin: 0; }
+.sticky-bar { position: sticky !important; top: 0; z-index: 50; background: var(--background-fill-primary);
+  border-bottom: 1px solid var(--border-color-primary); padding: 4px 0; align-items: center; }
+.bar-text p { margin: 0; line-height: 1.35; }
+.message-line { min-height: 1.35em; }
+.compact-row { gap: 6px !important; align-items: end; }
+.compact-radio .wrap { gap: 2px 6px !important; }
+.compact-radio label { padding: 2px 8px !important; font-size: 13px; }
+.outline-legend { display: flex; flex-wrap: wrap; gap: 0 12px; font-size: 12px; line-height: 1.35; }
+.legend-swatch { display: inline-block; width: 10px; height: 10px; border: 3px solid; margin-right: 4px;
+  vertical-align: middle; }
+#review-info { max-height: 190px; overflow-y: auto; font-size: 13px; }
+#shortcut-line { font-size: 12px; }
 """
 
 
@@ -53,15 +73,17 @@ def build_app(ctx: AppContext):
 
     from annotation_app.shortcuts import SHORTCUTS, shortcuts_markdown
     from annotation_app.tabs import annotate, progress, review, user_study
+    from annotation_app.tabs.common import signed_in_view
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
-        with gr.Row():
-            gr.Markdown(f"## {TITLE}")
-            gr.Button("Sign out", link="/logout", scale=0, min_width=100, elem_id="sign-out")
+        with gr.Row(elem_id="app-header", equal_height=True):
+            gr.Markdown(f"### {TITLE}")
+            who = gr.Markdown(elem_id="signed-in-as")
+            gr.Button("Sign out", link="/logout", scale=0, min_width=90, size="sm", elem_id="sign-out")
         with gr.Tabs():
             with gr.Tab("Annotate", id="annotate", elem_id="tab-annotate"):
                 annotate.build(ctx)
-            with gr.Tab("Review", id="review", elem_id="tab-review"):
+            with gr.Tab("Review", id="review", elem_id="tab-review", visible=False) as review_tab:
                 review.build(ctx)
             with gr.Tab("Progress", id="progress", elem_id="tab-progress") as progress_tab:
                 progress.build(ctx, progress_tab)
@@ -69,8 +91,9 @@ def build_app(ctx: AppContext):
                 user_study.build(ctx)
             with gr.Tab("Shortcuts", id="shortcuts", elem_id="tab-shortcuts"):
                 gr.Markdown("### Keyboard shortcuts\n\n" + shortcuts_markdown())
-        gr.Markdown("Shortcuts: " + " · ".join(f"Alt+{k} {what.split(' (')[0]}" for k, what, _ in SHORTCUTS),
-                    elem_id="shortcut-line")
+        gr.Markdown("Shortcuts: " + " · ".join(f"Alt+{k} {what.split(' (')[0]}" for k, what, _ in SHORTCUTS)
+                    + " · 1-8 choose a candidate", elem_id="shortcut-line")
+        demo.load(signed_in_view(ctx), None, [who, review_tab], queue=False, api_name=False)
     demo.queue(default_concurrency_limit=16)
     return demo
 

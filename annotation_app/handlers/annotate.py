@@ -578,8 +578,12 @@ def set_region(ctx, username: str | None, state: AnnotateState | None, kind: str
 
 
 def _strokes(value: Any, size: tuple[int, int], mode: str) -> np.ndarray:
+    from annotation_app.limits import check_decoded_layers
+
     if mode not in STROKE_MODES:
         raise StateError(f"unknown brush mode {mode!r}; use one of {', '.join(STROKE_MODES)}")
+    if isinstance(value, dict):
+        check_decoded_layers([lay for lay in (value.get("layers") or []) if lay is not None], "brush strokes")
     strokes = mask_from_editor(value, size)
     if strokes is None or not strokes.any():
         raise StateError("nothing was painted: paint with the brush first")
