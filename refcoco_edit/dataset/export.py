@@ -454,6 +454,9 @@ def export_store(store_path: Path | str, out: Path | str, *, statuses: Iterable[
             from tqdm import tqdm
 
             bar = tqdm(total=total, desc="export", unit="row", disable=None)
+        # The background check decodes the source; the samples of one picture follow each other
+        # (the build makes them ref by ref), so the last decoded source is kept for the next row.
+        last_source: tuple[str, Any, bytes] = ("", None, b"")
         with DatasetWriter(out, shard_size=shard_size, row_group_size=row_group_size, overwrite=overwrite,
                            card=card, save_to_disk=save_to_disk) as writer:
             for status in statuses:
@@ -462,6 +465,10 @@ def export_store(store_path: Path | str, out: Path | str, *, statuses: Iterable[
                     for name in IMAGE_FIELDS:
                         digest = rec.blobs.get(name)
                         if not digest:
+                            continue
+                        if name == "source_image" and digest == last_source[0]:
+                            png[name] = last_source[2]
+                            sample.source_image = last_source[1]
                             continue
                         try:
                             png[name] = store.blobs.read_bytes(digest)
@@ -472,6 +479,9 @@ def export_store(store_path: Path | str, out: Path | str, *, statuses: Iterable[
                             setattr(sample, name, _lazy_image(png[name], f"{name}: image blob {digest[:12]}"))
                         except DataError as exc:
                             missing.append(str(exc))
+                            continue
+                        if name == "source_image":
+                            last_source = (digest, sample.source_image, png[name])
                     no_op = bool(rec.blobs.get("source_image")) and rec.blobs.get("source_image") == rec.blobs.get(
                         "edited_image")
                     writer.add(sample, png=png, no_op=no_op, problems=missing)

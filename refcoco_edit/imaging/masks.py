@@ -77,11 +77,17 @@ def _pair(source: Any, edited: Any, edit_mask: Any) -> tuple[np.ndarray, np.ndar
     return src, out, _inside(edit_mask, src.shape[:2])
 
 
+def _differs(src: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(H, W) bool: any channel differs (three ORs: several times faster than `.any(axis=2)`)."""
+    d = src != out
+    return d[:, :, 0] | d[:, :, 1] | d[:, :, 2]
+
+
 def background_changes(source: Any, edited: Any, edit_mask: Any) -> int:
     """How many pixels outside `edit_mask` differ (in any RGB channel) between `edited` and
     `source`: 0 when the sample keeps the invariant. Sizes that disagree raise `InputError`."""
     src, out, inside = _pair(source, edited, edit_mask)
-    differs = (src != out).any(axis=2)
+    differs = _differs(src, out)
     differs &= ~inside
     return int(np.count_nonzero(differs))
 
@@ -93,7 +99,7 @@ def keep_background(source: Any, edited: Any, edit_mask: Any) -> Any:
     from PIL import Image
 
     src, out, inside = _pair(source, edited, edit_mask)
-    differs = (src != out).any(axis=2) & ~inside
+    differs = _differs(src, out) & ~inside
     if not differs.any():
         return edited
     fixed = out.copy()
