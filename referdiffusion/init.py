@@ -8,6 +8,9 @@
   checkpoint carries DDIM so that inference defaults to it).
 - REM: a fresh `RegionEmbedder` at the text encoder's width (zero gate: outputs equal the source's).
 - No safety checker or feature extractor.
+- One dtype for every component, float32 unless asked otherwise: a source saved partly in float16 (a
+  text encoder whose config says `torch_dtype: float16` loads in float16 under transformers 5, the
+  UNet in float32 under diffusers) would otherwise be written mixed, and fail at the first step.
 """
 
 from __future__ import annotations
@@ -59,25 +62,19 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DCon
     return unet
 
 
-# Stable Diffusion's DDIM settings, for the keys a non-DDIM source config (InstructPix2Pix ships
-# Euler-ancestral, which has no clip_sample) does not set: DDIMScheduler's own defaults (clip_sample=True,
-# set_alpha_to_one=True) are wrong for latent diffusion.
-SD_DDIM_DEFAULTS: dict[str, Any] = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
-
-
 def ddim_scheduler(source_config: dict[str, Any]) -> DDIMScheduler:
-    """A DDIM scheduler with the source scheduler's noise schedule and prediction type."""
-    from diffusers import DDIMScheduler
+    """Stable Diffusion's DDIM from a source scheduler's config: its noise schedule and prediction type
+    kept, `clip_sample=False` (`refcoco_edit.models.components.sd_ddim_scheduler`)."""
+    from refcoco_edit.models.components import sd_ddim_scheduler
 
-    config = {**SD_DDIM_DEFAULTS, **{k: v for k, v in source_config.items() if not k.startswith("_")}}
-    return DDIMScheduler.from_config(config)
+    return sd_ddim_scheduler(source_config)
 
 
 def resolve_source(name_or_dir: str) -> str:
     """A local folder as given, else a model name of `refcoco_edit.models.resolver` resolved to a folder or Hub id."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
-        return str(path.absolute())
+        return str(path.resolve())
     from refcoco_edit.models.resolver import MODEL_SPECS, resolve
 
     if name_or_dir not in MODEL_SPECS:
@@ -129,16 +126,18 @@ def _load(source: str, name: str | None = None) -> dict[str, Any]:
 
 
 def make_pipeline(source: str, seed: int = 0, rem_kwargs: dict[str, Any] | None = None, *,
-                  name: str | None = None) -> ReferDiffusionPipeline:
+                  name: str | None = None, dtype: Any = "float32") -> ReferDiffusionPipeline:
     """An in-memory `ReferDiffusionPipeline` initialised from `source` (a folder or Hub id), or from the
-    resolver's model `name` (then `source` is only reported)."""
-    return _build(source, seed, rem_kwargs, name)[0]
+    resolver's model `name` (then `source` is only reported), every component in `dtype`."""
+    return _build(source, seed, rem_kwargs, name, dtype)[0]
 
 
 def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None,
-           name: str | None = None) -> tuple[ReferDiffusionPipeline, str]:
+           name: str | None = None, dtype: Any = "float32") -> tuple[ReferDiffusionPipeline, str]:
     import torch
 
+    from refcoco_edit.models.components import place_components
+    from refcoco_edit.pipelines.base import resolve_dtype
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.rem import RegionEmbedder
 
@@ -163,9 +162,8 @@ def _build(source: str, seed: int, rem_kwargs: dict[str, Any] | None,
         rem = RegionEmbedder(**kwargs)
     finally:
         torch.random.set_rng_state(generator_state)
-    if unet.dtype != rem.dtype:
-        rem = rem.to(dtype=unet.dtype)
     pipe = ReferDiffusionPipeline(rem=rem, **parts)
+    place_components(pipe, unet.device, resolve_dtype(unet.device, dtype))
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.rem):
         module.eval()
     return pipe, "stable-diffusion" if in_ch == latent_ch else "instruct-pix2pix"
@@ -178,16 +176,22 @@ def init_checkpoint(
     seed: int = 0,
     overwrite: bool = False,
     rem_kwargs: dict[str, Any] | None = None,
+    dtype: Any = "float32",
+    progress: bool = True,
 ) -> InitReport:
     """Write a ReferDiffusion checkpoint folder at `out` (unet, vae, text_encoder, tokenizer, scheduler,
-    rem, model_index.json) from an InstructPix2Pix or Stable Diffusion 1.5 checkpoint."""
+    rem, model_index.json) from an InstructPix2Pix or Stable Diffusion 1.5 checkpoint, every component
+    in `dtype` (float32 by default: what training starts from). `progress`: the libraries' bars."""
+    from refcoco_edit.models.components import quiet_libraries
+
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty (pass --overwrite to replace its files)")
     source = resolve_source(name_or_dir)
-    pipe, kind = _build(source, seed, rem_kwargs, model_name(name_or_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(out)
+    with quiet_libraries(not progress):
+        pipe, kind = _build(source, seed, rem_kwargs, model_name(name_or_dir), dtype)
+        out.mkdir(parents=True, exist_ok=True)
+        pipe.save_pretrained(out)
     n_rem = sum(p.numel() for p in pipe.rem.parameters())
     logger.info("wrote ReferDiffusion checkpoint %s from %s (%s), REM %d parameters", out, source, kind, n_rem)
     return InitReport(out=out, source=source, source_kind=kind, widened_conv_in=kind == "stable-diffusion",

@@ -49,11 +49,14 @@ def cpu_generator(seed: int) -> Any:
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
-def load_instruct_pix2pix(name: str, overrides: Mapping[str, str] | None, device: Any, dtype: Any) -> Any:
-    """A `StableDiffusionInstructPix2PixPipeline` from the resolver, without safety checker, placed
-    on `device` in `dtype`, progress bar off."""
+def load_instruct_pix2pix(name: str, overrides: Mapping[str, str] | None, device: Any, dtype: Any, *,
+                          progress: bool = False) -> Any:
+    """A `StableDiffusionInstructPix2PixPipeline` from the resolver, without safety checker, with every
+    component on `device` in `dtype` (whatever dtypes the folder holds), progress bar off; the
+    libraries' loading bars and warnings only when `progress`."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
+    from refcoco_edit.models.components import quiet_libraries
     from refcoco_edit.models.resolver import load_pretrained
     from refcoco_edit.pipelines.base import place
 
@@ -62,13 +65,15 @@ def load_instruct_pix2pix(name: str, overrides: Mapping[str, str] | None, device
             src, safety_checker=None, requires_safety_checker=False
         )
 
-    pipe = load_pretrained(name, loader, overrides)
+    with quiet_libraries(not progress):
+        pipe = load_pretrained(name, loader, overrides)
     latent = pipe.vae.config.latent_channels
     if pipe.unet.config.in_channels != 2 * latent:
         raise InputError(
             f"model {name!r} has a {pipe.unet.config.in_channels}-channel UNet; an InstructPix2Pix-style "
             f"model has {2 * latent} (noisy latent + source latent)"
         )
-    pipe = place(pipe, device, dtype)
+    with quiet_libraries(not progress):  # diffusers warns on casts
+        pipe = place(pipe, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe

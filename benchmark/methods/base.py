@@ -144,6 +144,9 @@ class Method:
             source = self.overrides.get(self.model_name)
             if source:
                 out["model_source"] = source
+            folder = model_folder_of(self.model_name, self.overrides)
+            if folder:
+                out["model_folder"] = folder
         if self.steps is not None:
             out["steps"] = self.steps
         if self.size is not None:
@@ -229,6 +232,18 @@ def model_availability(name: str, overrides: Mapping[str, str] | None = None) ->
     except ModelNotAvailableError as exc:
         return str(exc)
     return None
+
+
+def model_folder_of(name: str, overrides: Mapping[str, str] | None = None) -> str | None:
+    """The folder model `name` is read from (absolute, links resolved), or its Hub id (kept as the id, so
+    that a run's configuration does not change once the download is cached); None when unavailable.
+    Nothing is built or loaded."""
+    from refcoco_edit.models.resolver import resolve
+
+    try:
+        return resolve(name, overrides, build=False).source
+    except ModelNotAvailableError:
+        return None
 
 
 def describe_source(name: str, overrides: Mapping[str, str] | None = None) -> str | None:

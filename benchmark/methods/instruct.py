@@ -35,7 +35,8 @@ class InstructPix2PixMethod(Method):
         from benchmark.methods._common import device_and_dtype, load_instruct_pix2pix
 
         self.device, self.dtype = device_and_dtype(self.device, self.dtype)
-        self.pipe = load_instruct_pix2pix(self.model_name, self.overrides, self.device, self.dtype)
+        self.pipe = load_instruct_pix2pix(self.model_name, self.overrides, self.device, self.dtype,
+                                          progress=self.progress)
 
     def instruction(self, sample: Any) -> str:
         return sample.prompt + self.options["suffix"]

@@ -100,7 +100,8 @@ class InstructDiffusionMethod(Method):
         from benchmark.methods._common import device_and_dtype, load_instruct_pix2pix
 
         self.device, self.dtype = device_and_dtype(self.device, self.dtype)
-        self.pipe = load_instruct_pix2pix(self.model_name, self.overrides, self.device, self.dtype)
+        self.pipe = load_instruct_pix2pix(self.model_name, self.overrides, self.device, self.dtype,
+                                          progress=self.progress)
         self.scheduler = self.pipe.scheduler
         if self.options["scheduler"] == "euler_ancestral":
             from diffusers import EulerAncestralDiscreteScheduler

@@ -63,26 +63,29 @@ class ReferDiffusionMethod(Method):
         return None
 
     def weights(self) -> str | None:
-        return None if self.availability() else str(Path(self.checkpoint).expanduser().absolute())
+        return None if self.availability() else str(Path(self.checkpoint).expanduser().resolve())
 
     def setup(self) -> None:
         from benchmark.methods._common import device_and_dtype
+        from refcoco_edit.models.components import quiet_libraries
         from refcoco_edit.pipelines.base import place
         from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
 
         self.device, self.dtype = device_and_dtype(self.device, self.dtype)
         folder = Path(self.checkpoint).expanduser()
-        try:
-            pipe = ReferDiffusionPipeline.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise ModelNotAvailableError(f"cannot load ReferDiffusion checkpoint {folder}: "
-                                         f"{type(exc).__name__}: {exc}") from exc
-        self.pipe = place(pipe, self.device, self.dtype)
+        with quiet_libraries(not self.progress):
+            try:
+                pipe = ReferDiffusionPipeline.from_pretrained(folder)
+            except (OSError, ValueError) as exc:
+                raise ModelNotAvailableError(f"cannot load ReferDiffusion checkpoint {folder}: "
+                                             f"{type(exc).__name__}: {exc}") from exc
+            self.pipe = place(pipe, self.device, self.dtype)  # every component, whatever dtypes were saved
         self.pipe.set_progress_bar_config(disable=True)
 
     def config(self) -> dict[str, Any]:
         out = super().config()
-        out["model"] = str(Path(self.checkpoint).expanduser().absolute()) if self.checkpoint else None
+        # the folder actually read: absolute, links resolved (not the relative path typed)
+        out["model"] = str(Path(self.checkpoint).expanduser().resolve()) if self.checkpoint else None
         return out
 
     def label(self) -> str:

@@ -234,8 +234,8 @@ def _to_source(name: str, value: str, origin: str, base: Path | None = None) -> 
     if not expanded.is_absolute() and base is not None:
         expanded = base / expanded
     looks_local = value.startswith((".", "~", "/", os.sep)) or Path(value).is_absolute()
-    if expanded.exists():
-        return ResolvedModel(name, str(expanded.absolute()), origin)
+    if expanded.exists():  # the folder actually read: absolute, links resolved (what provenance records)
+        return ResolvedModel(name, str(expanded.resolve()), origin)
     if not looks_local and _HUB_ID.match(value):
         return ResolvedModel(name, value, origin)
     raise ModelNotAvailableError(
@@ -257,7 +257,7 @@ def resolve(name: str, overrides: Mapping[str, str] | None = None, *, build: boo
         from refcoco_edit.models import tiny as tiny_models
 
         folder = tiny_models.materialize(name) if build else tiny_models.tiny_folder(name)
-        return ResolvedModel(name, str(folder), "tiny")
+        return ResolvedModel(name, str(Path(folder).resolve()), "tiny")
     if overrides.get(name):
         return _to_source(name, overrides[name], "override")
     var = env_var(name)
@@ -271,6 +271,26 @@ def resolve(name: str, overrides: Mapping[str, str] | None = None, *, build: boo
     if spec.hub_id:
         return ResolvedModel(name, spec.hub_id, "default")
     raise ModelNotAvailableError(f"model {name!r} ({spec.description}) has no default source: {how_to_set(name)}")
+
+
+def model_folder(source: str) -> str:
+    """Where weights named by a resolved `source` are read from, for provenance: a local path absolute
+    with its links resolved; a Hub id's snapshot folder in the local Hub cache once it is there (its
+    name is the commit), else the Hub id itself."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if _HUB_ID.match(source):
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model_index.json", "config.json"):
+            try:
+                hit = try_to_load_from_cache(source, filename, cache_dir=str(hub_cache_dir()))
+            except ValueError:  # not a valid repo id after all
+                break
+            if isinstance(hit, str):
+                return str(Path(hit).parent.resolve())
+    return source
 
 
 def list_models(overrides: Mapping[str, str] | None = None, *, build: bool = True) -> dict[str, str]:

@@ -412,22 +412,8 @@ def _build_quietly(builder: Callable[[Path], None], out: Path) -> None:
     global torch RNG left as it was (the builders seed it: a first use must not change what a seeded
     program draws next)."""
     import torch
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
 
-    d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
-    d_bars, t_bars = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            builder(out)
-    finally:
-        dlog.set_verbosity(d_level)
-        tlog.set_verbosity(t_level)
-        if d_bars:
-            dlog.enable_progress_bar()
-        if t_bars:
-            tlog.enable_progress_bar()
+    from refcoco_edit.models.components import quiet_libraries
+
+    with quiet_libraries(), torch.random.fork_rng(devices=[]):
+        builder(out)

@@ -287,12 +287,11 @@ def cpu_generators(seeds: list[int]) -> list:
 
 
 def place(pipe: Any, device: Any, dtype: Any):
-    """`pipe` on `device`, cast to `dtype` only when its UNet is in another one (diffusers warns on
-    every cast; the models are loaded as saved because the dtype keyword changed name across versions)."""
-    pipe = pipe.to(device)
-    if pipe.unet.dtype != dtype:
-        pipe = pipe.to(dtype=dtype)
-    return pipe
+    """`pipe` with every component on `device` and in `dtype`, whatever dtypes its folder was saved in
+    (`refcoco_edit.models.components.place_components`)."""
+    from refcoco_edit.models.components import place_components
+
+    return place_components(pipe, device, dtype)
 
 
 def quiet_progress(pipe: Any, progress: bool) -> None:

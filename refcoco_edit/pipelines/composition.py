@@ -3,7 +3,9 @@
 The substitute comes as an example image: a crop of another object of the dataset (`crop_object`,
 from its image and mask) or any picture a user uploads. The model is diffusers'
 `PaintByExamplePipeline`, loaded through `pbe_loading.load_paint_by_example`, which works around the
-saved-pipeline defect of diffusers 0.42 (see that module), with a DDIM scheduler. Candidates are
+saved-pipeline defect of diffusers 0.42 (see that module), with Stable Diffusion's DDIM made from the
+checkpoint's scheduler (`models.components.sd_ddim_scheduler`: its settings kept, `clip_sample=False`;
+DDIM's own default `clip_sample=True` washes the images out). Candidates are
 batched in one call by repeating the source, mask and example once per candidate with one generator
 per seed, so that candidate i gets exactly the noise and masked-image latent sample a single call with
 its seed gets. Defaults: 50 steps, guidance scale 5 (the model's own default).
@@ -90,8 +92,7 @@ class CompositionPipeline(DiffusionEditPipeline):
     needs_example = True
 
     def load(self, name: str, overrides: Mapping[str, str]) -> Any:
-        from diffusers import DDIMScheduler
-
+        from refcoco_edit.models.components import sd_ddim_scheduler
         from refcoco_edit.models.pbe_loading import load_paint_by_example
         from refcoco_edit.models.resolver import load_pretrained
 
@@ -99,8 +100,7 @@ class CompositionPipeline(DiffusionEditPipeline):
             return load_paint_by_example(src, safety_checker=None)
 
         pipe = load_pretrained(name, loader, overrides)
-        if not isinstance(pipe.scheduler, DDIMScheduler):
-            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = sd_ddim_scheduler(pipe.scheduler)
         return pipe
 
     def generate(

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 class DiffusionEditPipeline(EditPipeline):
     """A pipeline on a diffusers model: `model` (resolver name, the class's default when None),
     `overrides` (resolver overrides), `device` (None: CUDA when present), `dtype` (None: float16 on
-    CUDA, float32 on the CPU), `progress` (the denoising progress bar). `pipe`: an already loaded
+    CUDA, float32 on the CPU; every component is placed in it), `progress` (the denoising progress bar,
+and the libraries' bars and warnings while loading). `pipe`: an already loaded
     model to use instead of loading one; it is used where it is unless `device`/`dtype` say otherwise.
     """
 
@@ -55,9 +56,27 @@ class DiffusionEditPipeline(EditPipeline):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
         self.progress = progress
-        loaded = pipe if pipe is not None else self.load(self.model, self.overrides)
-        self.pipe = self.prepare(loaded)
+        from refcoco_edit.models.components import quiet_libraries
+
+        with quiet_libraries(not progress):  # the libraries' own bars and load warnings follow `progress`
+            loaded = pipe if pipe is not None else self.load(self.model, self.overrides)
+            self.pipe = self.prepare(loaded)
+        self.model_folder = self._folder(pipe)
         quiet_progress(self.pipe, progress)
+
+    def _folder(self, given: Any) -> str | None:
+        """The folder the weights were read from (absolute, links resolved) for the record: what the
+        resolver gave for the model name, or a given pipeline's own origin (None when it has none)."""
+        from refcoco_edit.errors import ModelNotAvailableError
+        from refcoco_edit.models.resolver import model_folder, resolve
+
+        if given is not None:
+            origin = getattr(getattr(given, "config", None), "_name_or_path", None)
+            return model_folder(str(origin)) if origin else None
+        try:
+            return model_folder(resolve(self.model, self.overrides, build=False).source)
+        except ModelNotAvailableError:
+            return None
 
     # ---------------------------------------------------------------- what subclasses provide
     @staticmethod
@@ -115,6 +134,7 @@ class DiffusionEditPipeline(EditPipeline):
             "pipeline": pipeline or self.name,
             "method": method,
             "model": self.model,
+            "model_folder": self.model_folder,
             **sent,
             "steps": steps,
             "guidance_scale": float(guidance_scale),

@@ -7,7 +7,8 @@ Two ways, chosen by the model's UNet:
   removal is meant to lose;
 - a Stable Diffusion inpainting model (9-channel UNet: noisy latent, mask, masked-image latent;
   `sd-inpaint`, `tiny-sd-inpaint`): diffusers' `StableDiffusionInpaintPipeline` on the loaded components,
-  with a DDIM scheduler. The candidates are batched in one call by repeating the image, mask and prompt
+  with Stable Diffusion's DDIM (`models.components.sd_ddim_scheduler`: the source's settings,
+  `clip_sample=False`). The candidates are batched in one call by repeating the image, mask and prompt
   once per candidate with one generator per seed, so that candidate i gets exactly the noise and the
   masked-image latent sample that a single call with its seed gets.
 
@@ -68,6 +69,8 @@ class InpaintPipeline(DiffusionEditPipeline):
     def __init__(self, model: str | None = None, overrides: Mapping[str, str] | None = None, device: Any = None,
                  dtype: Any = None, *, progress: bool = True, components: Mapping[str, Any] | None = None) -> None:
         super().__init__(model, overrides, device, dtype, progress=progress, pipe=components)
+        if self._bld is not None:  # its records name the folder this pipeline loaded
+            self._bld.model_folder = self.model_folder
 
     @staticmethod
     def unet_of(loaded: Mapping[str, Any]) -> Any:
@@ -76,8 +79,9 @@ class InpaintPipeline(DiffusionEditPipeline):
     def load(self, name: str, overrides: Mapping[str, str]) -> dict[str, Any]:
         """vae, text_encoder, tokenizer, unet and a DDIM scheduler of a Stable Diffusion folder/Hub id of
         any kind (text-to-image or inpainting), on the device in the dtype."""
-        from diffusers import DDIMScheduler, DiffusionPipeline
+        from diffusers import DiffusionPipeline
 
+        from refcoco_edit.models.components import sd_ddim_scheduler
         from refcoco_edit.models.resolver import load_pretrained
 
         def loader(src: str):
@@ -88,21 +92,13 @@ class InpaintPipeline(DiffusionEditPipeline):
         if missing:
             raise InputError(f"model {name!r} is not a Stable Diffusion pipeline (no {', '.join(missing)})")
         pipe = place(pipe, self.device, self.dtype)
-        scheduler = pipe.scheduler
-        if not isinstance(scheduler, DDIMScheduler):
-            scheduler = DDIMScheduler.from_config(scheduler.config)
-        return {**{c: getattr(pipe, c) for c in SD_PARTS}, "scheduler": scheduler}
+        return {**{c: getattr(pipe, c) for c in SD_PARTS}, "scheduler": sd_ddim_scheduler(pipe.scheduler)}
 
     def prepare(self, loaded: Mapping[str, Any]) -> Any:
         """The inpainting pipeline (9-channel UNet) or the blended-latent one (4 channels) on the parts."""
         from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-        parts = {key: loaded[key] for key in SD_PARTS}
-        for part in ("vae", "text_encoder", "unet"):  # cast only when needed: diffusers warns on every cast
-            if parts[part].device != self.device:
-                parts[part] = parts[part].to(self.device)
-            if parts[part].dtype != self.dtype:
-                parts[part] = parts[part].to(dtype=self.dtype)
+        parts = place({key: loaded[key] for key in SD_PARTS}, self.device, self.dtype)
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         in_channels = parts["unet"].config.in_channels
         if in_channels == 9:

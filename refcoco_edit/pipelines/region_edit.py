@@ -176,9 +176,11 @@ def region_crop(image: Any, mask: np.ndarray, grey: int = CLIP_GREY):
 
 
 class ClipRanker:
-    """100 x cosine between CLIP embeddings of images and a text (model from the resolver)."""
+    """100 x cosine between CLIP embeddings of images and a text (model from the resolver), the model
+    placed in `dtype` (None: as the pipeline's default, float32 on the CPU) whatever dtype it was saved in."""
 
-    def __init__(self, name: str, overrides: Mapping[str, str] | None = None, device: Any = "cpu") -> None:
+    def __init__(self, name: str, overrides: Mapping[str, str] | None = None, device: Any = "cpu",
+                 dtype: Any = None, *, progress: bool = False) -> None:
         from transformers import CLIPModel, CLIPTokenizer
 
         try:  # the PIL processor: the default one wants torchvision, which this stack keeps out
@@ -186,7 +188,9 @@ class ClipRanker:
         except ImportError:
             from transformers import CLIPImageProcessor as ImageProcessor
 
+        from refcoco_edit.models.components import place_components, quiet_libraries
         from refcoco_edit.models.resolver import load_pretrained
+        from refcoco_edit.pipelines.base import resolve_dtype
 
         def loader(src: str):
             return (
@@ -197,8 +201,10 @@ class ClipRanker:
 
         self.name = name
         self.device = device
-        model, self.tokenizer, self.processor = load_pretrained(name, loader, overrides)
-        self.model = model.to(device)
+        self.dtype = resolve_dtype(device, dtype)
+        with quiet_libraries(not progress):
+            model, self.tokenizer, self.processor = load_pretrained(name, loader, overrides)
+        self.model = place_components(model, device, self.dtype)
 
     @staticmethod
     def _features(out: Any):
@@ -209,7 +215,8 @@ class ClipRanker:
 
         max_len = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))
         with torch.inference_mode():
-            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+            pixels = pixels.to(self.device, self.dtype)
             img = self._features(self.model.get_image_features(pixel_values=pixels))
             enc = self.tokenizer([text], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
             txt = self._features(
@@ -254,8 +261,9 @@ class RegionEditPipeline(DiffusionEditPipeline):
 
     def load(self, name: str, overrides: Mapping[str, str]) -> Any:
         """A StableDiffusionPipeline from the resolver, with a DDIM scheduler."""
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
 
+        from refcoco_edit.models.components import sd_ddim_scheduler
         from refcoco_edit.models.resolver import load_pretrained
 
         def loader(src: str):
@@ -263,8 +271,7 @@ class RegionEditPipeline(DiffusionEditPipeline):
             return StableDiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)
 
         pipe = load_pretrained(name, loader, overrides)
-        if not isinstance(pipe.scheduler, DDIMScheduler):
-            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = sd_ddim_scheduler(pipe.scheduler)
         if pipe.unet.config.in_channels != 4:
             raise InputError(
                 f"model {name!r} has a {pipe.unet.config.in_channels}-channel UNet; Blended Latent Diffusion "
@@ -274,7 +281,7 @@ class RegionEditPipeline(DiffusionEditPipeline):
 
     def _ranker(self, name: str) -> ClipRanker:
         if name not in self._rankers:
-            self._rankers[name] = ClipRanker(name, self.overrides, self.device)
+            self._rankers[name] = ClipRanker(name, self.overrides, self.device, self.dtype, progress=self.progress)
         return self._rankers[name]
 
     def generate(

@@ -203,13 +203,15 @@ def test_load_pretrained_local_errors(tmp_path):
 
 
 def test_cache_dir(monkeypatch, tmp_path):
+    from refcoco_edit.settings import cache_dir
+
     monkeypatch.setenv("REFCOCO_EDIT_CACHE", str(tmp_path / "c"))
-    assert models.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
     from refcoco_edit.models import tiny as tiny_models
 
     assert tiny_models.tiny_folder("tiny-clip") == tmp_path / "c" / "models" / f"tiny-clip-{tiny_models.TINY_VERSION}"
     monkeypatch.delenv("REFCOCO_EDIT_CACHE")
-    assert models.cache_dir() == Path("~/.cache/refcoco-edit").expanduser()
+    assert cache_dir() == Path("~/.cache/refcoco-edit").expanduser()
 
 
 # ------------------------------------------------------------------------------------------

@@ -222,4 +222,4 @@ def test_ddim_from_an_euler_config_keeps_the_schedule_and_sd_settings():
     assert type(ddim).__name__ == "DDIMScheduler"
     assert ddim.config.clip_sample is False and ddim.config.set_alpha_to_one is False
     assert ddim.config.prediction_type == "v_prediction" and ddim.config.beta_schedule == "scaled_linear"
-    assert ddim_scheduler({**euler, "clip_sample": True}).config.clip_sample is True
+    assert ddim_scheduler({**euler, "clip_sample": True}).config.clip_sample is False  # never right for latents
