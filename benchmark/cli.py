@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "score": "benchmark.commands.score",
     "leaderboard": "benchmark.commands.leaderboard",
     "list": "benchmark.commands.list",
+    "convert": "benchmark.commands.convert",
 }
 
 
