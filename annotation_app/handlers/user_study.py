@@ -26,6 +26,7 @@ SUMMARY_COLUMNS = list(MethodSummary.__dataclass_fields__)
 class StudyState:
     item_id: str | None = None
     methods: list[str] = field(default_factory=list)  # slot i shows methods[i]
+    questions: list[str] | None = None  # the questions the page asks (None: as it was built)
 
 
 def _empty(message: str, done: int, total: int) -> dict[str, Any]:
@@ -43,15 +44,16 @@ def study_next(ctx, username: str | None, state: StudyState | None) -> tuple[Stu
     study = ctx.study
     done, total = study.counts(user.name)
     item_id = study.next_item_id(user.name)
+    asked = [q.key for q in study.questions()]
     if item_id is None:
         msg = "No study items yet." if total == 0 else "You have rated every item. Thank you!"
-        return StudyState(), _empty(msg, done, total)
+        return StudyState(questions=asked), {**_empty(msg, done, total), "questions": asked}
     item = study.item(item_id, user.name)
     outputs = [o.image for o in item.outputs] + [None] * (MAX_METHODS - len(item.outputs))
     prompt = (highlight(item.prompt, item.referring_spans, item.edit_spans)
               if item.referring_spans or item.edit_spans else [(item.prompt, None)])
-    return StudyState(item_id, [o.method for o in item.outputs]), {
-        "source": item.source, "prompt": prompt, "outputs": outputs, "slots": len(item.outputs),
+    return StudyState(item_id, [o.method for o in item.outputs], asked), {
+        "source": item.source, "prompt": prompt, "outputs": outputs, "slots": len(item.outputs), "questions": asked,
         "progress": f"{done} of {total} item(s) rated.",
         "message": f"Rate each output 1 (bad) to 5 (excellent) for {_asked_words(ctx)}."}
 
@@ -66,6 +68,8 @@ def study_rate(ctx, username: str | None, state: StudyState | None, scores: Sequ
     if not st.item_id:
         raise StateError("no item on screen: press Next")
     asked = [q.key for q in ctx.study.questions()]
+    if st.questions is not None and st.questions != asked:
+        raise StateError("the study's questions have changed since this item was shown: press Next")
     scores = list(scores)[: len(st.methods)]
     answers = [{k: v for k, v in zip(QUESTION_KEYS, slot) if k in asked} for slot in scores]
     if len(answers) < len(st.methods) or any(a.get(k) in (None, "") for a in answers for k in asked):

@@ -65,12 +65,16 @@ def build(ctx) -> dict[str, Any]:
     def emit(result, before: H.StudyState | None) -> list:
         st, view = result
         n = view["slots"]
-        # show or hide slots only when their number changes: each visibility update makes Gradio
-        # rebuild the component
+        # show or hide slots and questions only when they change: each visibility update makes
+        # Gradio rebuild the component
         shown = len(before.methods) if isinstance(before, H.StudyState) else 0
         visibility = [gr.update(visible=i < n) if n != shown else gr.skip() for i in range(MAX_METHODS)]
+        was = set(before.questions if isinstance(before, H.StudyState) and before.questions is not None else asked)
+        now = set(view["questions"])
+        cleared = [gr.update(value=None, visible=k in now) if (k in now) != (k in was) else None
+                   for k in QUESTION_KEYS for _ in range(MAX_METHODS)]
         return [st, view["source"], view["prompt"], view["progress"], view["message"], *visibility,
-                *view["outputs"], *[None] * len(all_radios)]
+                *view["outputs"], *cleared]
 
     def on_next(st, request: gr.Request):
         return emit(call(H.study_next, ctx, username(request), st), st)

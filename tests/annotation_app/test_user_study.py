@@ -301,6 +301,20 @@ def test_submit_ratings_through_gradio(ctx, tmp_path, monkeypatch):
     with pytest.raises(gr.Error, match="only admins"):
         run("study_export", [])
 
+    # the study asks the third question from now on (an admin added an options line): the item on
+    # screen must be shown again, and Next shows the question's radios
+    ctx.study.set_options(preservation=True)
+    with pytest.raises(gr.Error, match="questions have changed"):
+        run("study_rate", [None, *quality, *prompt, *[None] * MAX_METHODS])
+    out = run("study_next", [None])
+    first_preservation = 5 + 2 * MAX_METHODS + 2 * MAX_METHODS
+    assert [u.get("visible") for u in out[first_preservation:first_preservation + MAX_METHODS]] == [True] * MAX_METHODS
+    assert "and rest unchanged" in out[4]
+    preservation = [2, 2, 2] + [None] * (MAX_METHODS - 3)
+    out = run("study_rate", [None, *quality, *prompt, *preservation])
+    assert "Saved your ratings" in out[4] and "2 of 2 item(s) rated" in out[3]
+    assert [r["preservation"] for r in ctx.study.ratings()].count(2) == 3 == len(ctx.study.ratings()) - 3
+
 
 # ---------------------------------------------------------------- the running app, over HTTP
 SERVED_USERS = {"boss": ("admin", "boss-password"), "ann1": ("annotator", "ann1-password"),
