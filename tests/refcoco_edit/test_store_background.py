@@ -176,3 +176,17 @@ def test_store_check_and_repair_commands(tmp_path: Path, capsys) -> None:
     assert "repaired 1 sample(s)" in capsys.readouterr().out
     assert main(["store", "--store", str(db), "check", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["background_rows"] == []
+
+
+def test_an_imported_dump_keeps_its_rows_and_check_finds_the_broken_one(store: Store, tmp_path: Path) -> None:
+    """A backup restores faithfully (an older dump may hold rows made before the invariant); `check`
+    names them and `repair --background` mends them in the restored store."""
+    ids = [store.add_sample(make_sample(i), user="build") for i in range(2)]
+    bad = _break(store, ids[0], 44)
+    store.dump(tmp_path / "old.jsonl")
+    with Store.open(tmp_path / "restored.sqlite", durable=False) as restored:
+        restored.import_(tmp_path / "old.jsonl")
+        np.testing.assert_array_equal(np.asarray(restored.get_sample(ids[0]).sample.edited_image), bad)
+        assert [r.sample_id for r in restored.background_rows()] == [ids[0]]
+        assert [r.sample_id for r in restored.repair_background()] == [ids[0]]
+        assert restored.check()["ok"]
