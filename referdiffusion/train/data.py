@@ -238,7 +238,10 @@ class EditingDataset:
             raise DataError(f"dataset lacks column(s) {', '.join(missing)}")
         if options.resize not in ("aspect", "stretch", "crop"):
             raise InputError(f"unknown resize mode {options.resize!r}; use aspect, stretch or crop")
-        self.dataset = dataset
+        from refcoco_edit.dataset.io import undecoded
+
+        # rows decoded here, within the pixel limit, not by `datasets` (no limit; follows path cells)
+        self.dataset = undecoded(dataset)
         self.options = options
         # One fast tokenizer for ids and offsets (the slow CLIP tokenizer has no offsets); same ids.
         self.tokenizer = fast_tokenizer(tokenizer)

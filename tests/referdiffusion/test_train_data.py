@@ -162,6 +162,33 @@ def test_bad_rows_and_missing_columns(tokenizer, tmp_path):
         open_dataset(str(tmp_path / "nothing" / "here"), split=None)
 
 
+def test_images_are_decoded_within_the_pixel_limit_naming_the_sample(tokenizer, tmp_path):
+    """The trainer decodes rows itself, under the project's one pixel limit, instead of letting
+    `datasets` decode any size (or follow a path a cell names)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # a few hundred bytes whose header claims 20000 x 20000 pixels: refused before any decoding
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    rows = _rows(n=1)
+    big = _dataset(rows).cast_column("source_image", datasets.Image(decode=False)).map(
+        lambda r: {"source_image": {"bytes": bomb, "path": None}})
+    ds = EditingDataset(big.cast_column("source_image", datasets.Image()), tokenizer, DataOptions(resolution=32))
+    with pytest.raises(DataError, match=r"sample s0: .*(over|limit)"):
+        ds[0]
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    rows = _rows(n=1)
+    ds = EditingDataset(_dataset(rows).cast_column("source_image", datasets.Image(decode=False)).map(
+        lambda r: {"source_image": {"bytes": None, "path": str(outside)}}), tokenizer, DataOptions(resolution=32))
+    with pytest.raises(DataError, match="sample s0"):
+        ds[0]
+
+
 def test_sample_datasets_have_both_stages(tiny_cache):
     synth = open_dataset("sample:synth", split="train")
     edits = open_dataset("sample:edits", split="train")
