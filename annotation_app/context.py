@@ -20,6 +20,7 @@ import numpy as np
 
 from annotation_app.errors import AppError
 from annotation_app.render import ObjectMask
+from annotation_app.uploads import LIMITS as UPLOAD_LIMITS
 
 if TYPE_CHECKING:
     from refcoco_edit.pipelines.capabilities import EditPipeline
@@ -59,8 +60,8 @@ class AppConfig:
     max_candidates: int = 8
     default_steps: int = 50
     llm: Any = None  # refcoco_edit.text.llm.LLMSettings, or None for the offline rephraser
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_upload_pixels: int = 4096 * 4096
+    max_upload_bytes: int = UPLOAD_LIMITS.max_bytes  # uploads.UploadLimits holds every upload limit
+    max_upload_pixels: int = UPLOAD_LIMITS.max_pixels
     durable: bool = True
 
 

@@ -215,7 +215,12 @@ def holding(folder: Path, data: bytes) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and p.read_bytes() == data]
 
 
-def test_limits_live_in_one_place_and_are_checked():
+def test_limits_live_in_one_place_and_are_checked(tmp_path):
+    from annotation_app.context import AppConfig
+    from annotation_app.uploads import LIMITS
+
+    assert limits_for(AppConfig(store_path=tmp_path / "s.sqlite")) == LIMITS  # the app's defaults are these
+
     class Config:
         max_upload_bytes = 1234
         max_upload_pixels = 99
