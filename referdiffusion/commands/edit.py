@@ -24,7 +24,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=7.5, help="text guidance scale (default 7.5)")
     p.add_argument("--image-guidance-scale", type=float, default=1.5, help="image guidance scale (default 1.5)")
     p.add_argument("--size", type=int, metavar="PX",
-                   help="resize the source so that its longer side is PX (rounded to multiples of 8) before editing")
+                   help="longer side the source is resized to, aspect kept, sides multiples of 8 (default: the "
+                        "size the checkpoint was trained at, from its training manifest, else 512)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     return p
 
@@ -41,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
     if not (model / "model_index.json").is_file():
         raise ModelNotAvailableError(f"{model} is not a ReferDiffusion checkpoint (no model_index.json); "
                                      "make one with `referdiffusion init`")
-    image = open_image(args.image)
-    if args.size:
-        scale = args.size / max(image.size)
-        image = image.resize((max(8, round(image.width * scale / 8) * 8), max(8, round(image.height * scale / 8) * 8)))
+    if args.size is not None and args.size < 8:
+        raise InputError(f"--size must be at least 8, got {args.size}")
+    from referdiffusion.train.data import protocol_image
+    from referdiffusion.train.manifest import trained_size
+
+    # the picture as training and `rie-bench run` give it to the model (one preprocessing protocol)
+    image = protocol_image(open_image(args.image), args.size or trained_size(model))
 
     import torch
 

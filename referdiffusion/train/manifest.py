@@ -144,6 +144,14 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
     return data
 
 
+def trained_size(folder: Path | str, default: int = 512) -> int:
+    """The longer side a checkpoint was trained at (its manifest's preprocessing), so that editing and
+    evaluation feed it pictures of that size; `default` (the protocol's 512) without a manifest."""
+    manifest = read_manifest(folder)
+    size = ((manifest or {}).get("preprocess") or {}).get("size")
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else default
+
+
 def overlap(manifest: dict[str, Any], evaluation: dict[int, str | None],
             samples_per_picture: dict[int, int] | None = None) -> dict[str, Any]:
     """Which evaluation pictures ({image_id: hash}) the manifest's run trained on.

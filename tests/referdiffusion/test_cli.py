@@ -49,7 +49,7 @@ def test_init_then_edit(tiny_cache, tmp_path, capsys):
     out, mask = tmp_path / "out" / "edited.png", tmp_path / "mask.png"
     argv = ["edit", "--model", str(ckpt), "--image", str(src), "--prompt", "make the cow red", "--out", str(out),
             "--mask-out", str(mask), "--steps", "2", "--seed", "3", "--guidance-scale", "5",
-            "--image-guidance-scale", "1.2", "--device", "cpu"]
+            "--image-guidance-scale", "1.2", "--device", "cpu", "--size", "64"]
     assert main(argv) == 0
     edited = Image.open(out)
     assert edited.size == (64, 48) and edited.mode == "RGB"
@@ -59,6 +59,13 @@ def test_init_then_edit(tiny_cache, tmp_path, capsys):
     assert main(argv) == 0  # same seed: same image
     np.testing.assert_array_equal(np.asarray(Image.open(out)), first)
     assert "wrote" in capsys.readouterr().out
+
+    # without --size: the size the checkpoint was trained at, from its training manifest
+    from referdiffusion.train.manifest import MANIFEST_SCHEMA, write_manifest
+
+    write_manifest(ckpt / "training_manifest.json", {"schema": MANIFEST_SCHEMA, "preprocess": {"size": 32}})
+    assert main(argv[:-2]) == 0
+    assert Image.open(out).size == (32, 24)
 
 
 def test_cli_errors_are_one_line(tiny_cache, tmp_path, capsys):
