@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from refcoco_edit.commands._common import add_refcoco_args, open_refcoco, print_json
+from refcoco_edit.commands._common import add_llm_args, add_refcoco_args, open_refcoco, print_json
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -42,10 +42,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     g = p.add_argument_group("LLM rephrasing (off by default)")
     g.add_argument("--enrich", type=int, default=0, metavar="N", help="ask the LLM for N rephrasings per prompt")
-    g.add_argument("--llm-base-url", metavar="URL", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)")
-    g.add_argument("--llm-model", metavar="NAME", help="model name (default gpt-4o-mini)")
-    g.add_argument("--llm-timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)")
-    g.add_argument("--llm-cache", type=Path, metavar="DIR", help="answer cache folder (default <cache>/llm)")
+    add_llm_args(g, offline=False)
     return p
 
 
