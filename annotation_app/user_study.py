@@ -195,7 +195,11 @@ class StudyStore:
         self._conn.execute("PRAGMA foreign_keys = ON")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.RLock()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
         self.blobs = BlobStore(Path(f"{self.path}.blobs"))
         self.blobs.ensure()
 

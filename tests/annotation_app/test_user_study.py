@@ -244,6 +244,11 @@ def test_old_consistency_scores_become_preservation(tmp_path):
     with sqlite3.connect(tmp_path / "old.study.sqlite") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     StudyStore(tmp_path / "old.study.sqlite").close()  # opening again changes nothing
+    # a ratings table that is neither old nor new is refused, not guessed at
+    with sqlite3.connect(tmp_path / "odd.study.sqlite") as conn:
+        conn.execute("CREATE TABLE ratings (rater TEXT, item_id TEXT, method TEXT, quality INTEGER, score INTEGER)")
+    with pytest.raises(DataError, match="not the study's questions"):
+        StudyStore(tmp_path / "odd.study.sqlite")
     # an old store without ratings keeps the default: the paper's two questions
     old_store(tmp_path / "empty.study.sqlite", [])
     study = StudyStore(tmp_path / "empty.study.sqlite")
