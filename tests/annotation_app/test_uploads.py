@@ -291,3 +291,37 @@ def test_each_user_has_a_quota_that_expires(guarded):
     r = upload(http, "big.png", big)
     assert r.status_code == 200, r.text
     assert not any(p.exists() for p in kept) and quota.usage("u1") == (len(big), 1)
+
+
+def test_quota_counts_requests_under_way_and_shared_files(tmp_path):
+    from annotation_app.uploads import QuotaExceeded
+
+    now = [0.0]
+    quota = UploadQuota(UploadLimits(max_bytes=100, quota_bytes=150, quota_files=2, keep_s=10), clock=lambda: now[0])
+    quota.reserve("u", 100)
+    with pytest.raises(QuotaExceeded, match="quota of 150 bytes"):  # the first request is still under way
+        quota.reserve("u", 100)
+    quota.reserve("v", 100)  # another user's quota is their own
+    # two users upload the same content: Gradio stores it once, in one folder named by its hash
+    shared = tmp_path / "abc123" / "x.png"
+    shared.parent.mkdir()
+    shared.write_bytes(b"x" * 80)
+    quota.keep("u", 100, [(shared, 80)])
+    quota.release("u", 100)
+    assert quota.usage("u") == (80, 1)
+    now[0] = 5.0
+    quota.keep("v", 100, [(shared, 80)])
+    quota.release("v", 100)
+    with pytest.raises(QuotaExceeded, match="80 used"):
+        quota.reserve("u", 71)  # 80 + 71 > 150
+    # one request of two files: its size fits, its count does not; nothing of it is kept
+    quota.reserve("u", 10)
+    with pytest.raises(QuotaExceeded, match="quota of 2 files per"):
+        quota.keep("u", 10, [(tmp_path / "y.png", 5), (tmp_path / "z.png", 5)])
+    quota.release("u", 10)
+    assert quota.usage("u") == (80, 1)
+    now[0] = 10.0  # u's upload expires, v's (same file) does not: the file stays
+    assert quota.expire() == [] and shared.exists() and quota.usage("u") == (0, 0)
+    now[0] = 15.0
+    assert quota.expire() == [shared] and not shared.exists() and not shared.parent.exists()
+    assert quota.usage("v") == (0, 0)
