@@ -47,10 +47,10 @@ from refcoco_edit.errors import InputError
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class UploadLimits:
-    """Every limit on uploads (see the module docstring); `refcoco-edit app` may lower or raise them."""
+    """Every limit on uploads (see the module docstring); an app's configuration may set the two
+    sizes (`limits_for`)."""
 
     max_bytes: int = 20 * 1024 * 1024  # one file: a 4K photo as JPEG or PNG fits
     max_pixels: int = 4096 * 4096  # one image: 16.8 M pixels, far above COCO's 640 x 640
@@ -73,6 +73,7 @@ def limits_for(config: Any) -> UploadLimits:
     """The limits an app runs with: `LIMITS`, with the file and image sizes its configuration sets."""
     return replace(LIMITS, max_bytes=int(getattr(config, "max_upload_bytes", LIMITS.max_bytes)),
                    max_pixels=int(getattr(config, "max_upload_pixels", LIMITS.max_pixels)))
+
 
 MAX_UPLOAD_BYTES = LIMITS.max_bytes
 MAX_UPLOAD_PIXELS = LIMITS.max_pixels
