@@ -70,15 +70,16 @@ def make_inputs(size: int):
 
 
 def generate_kwargs(name: str, size: int, steps: int, num: int = 1, seed: int = 0) -> dict:
+    """The call of pipeline `name`, from its class's declared capabilities (a text where it needs one,
+    an example image where it needs one; each class keeps the sampling options it understands)."""
+    from refcoco_edit.pipelines import pipeline_class
+    from refcoco_edit.pipelines.capabilities import EditRequest
+
     image, mask, example = make_inputs(size)
-    kw: dict = {"num": num, "seed": seed}
-    if name != "classical_inpaint":
-        kw["steps"] = steps
-    if name == "region_edit":
-        kw["text"] = PROMPT
-    if name == "composition":
-        kw["example"] = example
-    return {"image": image, "mask": mask, **kw}
+    cls = pipeline_class(name)
+    request = EditRequest(num=num, seed=seed, steps=steps, text=PROMPT if cls.needs_text else None,
+                          example=example if cls.needs_example else None)
+    return {"image": image, "mask": mask, **cls.generate_kwargs(request)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,8 +54,6 @@ def load_instruct_pix2pix(name: str, overrides: Mapping[str, str] | None, device
     """A `StableDiffusionInstructPix2PixPipeline` from the resolver, without safety checker, with every
     component on `device` in `dtype` (whatever dtypes the folder holds), progress bar off; the
     libraries' loading bars and warnings only when `progress`."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
     from refcoco_edit.models.components import quiet_libraries
     from refcoco_edit.models.resolver import load_pretrained
     from refcoco_edit.pipelines.base import place
@@ -65,7 +63,9 @@ def load_instruct_pix2pix(name: str, overrides: Mapping[str, str] | None, device
             src, safety_checker=None, requires_safety_checker=False
         )
 
-    with quiet_libraries(not progress):
+    with quiet_libraries(not progress):  # importing the pipeline already warns about torchvision
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
         pipe = load_pretrained(name, loader, overrides)
     latent = pipe.vae.config.latent_channels
     if pipe.unet.config.in_channels != 2 * latent:

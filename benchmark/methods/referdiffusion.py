@@ -69,11 +69,12 @@ class ReferDiffusionMethod(Method):
         from benchmark.methods._common import device_and_dtype
         from refcoco_edit.models.components import quiet_libraries
         from refcoco_edit.pipelines.base import place
-        from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
 
         self.device, self.dtype = device_and_dtype(self.device, self.dtype)
         folder = Path(self.checkpoint).expanduser()
-        with quiet_libraries(not self.progress):
+        with quiet_libraries(not self.progress):  # importing diffusers' pipelines already warns
+            from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+
             try:
                 pipe = ReferDiffusionPipeline.from_pretrained(folder)
             except (OSError, ValueError) as exc:

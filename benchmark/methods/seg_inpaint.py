@@ -8,7 +8,10 @@ fills that mask with an inpainting pipeline of `refcoco_edit.pipelines` (`inpain
 - `inpaint` (default, model `sd-inpaint`, a 9-channel Stable Diffusion inpainting model; a 4-channel
   model runs Blended Latent Diffusion instead) with the edit part P_e as the prompt, or the pipeline's
   background prompt for removals;
-- `classical_inpaint`: OpenCV, no weights, no text (a removal-only baseline).
+- `classical_inpaint`: OpenCV, no weights, no text (a removal-only baseline);
+- any other registered pipeline that declares removal among its edit types. What the method passes
+  and whether it loads weights are read from the pipeline class's declared capabilities
+  (`needs_weights`, `takes_text`, `generate_kwargs`), not from its name.
 
 The segmenter is part of the method's label, so oracle and non-oracle runs are told apart. When the
 segmenter finds nothing (or the whole image) the source is returned unchanged: a failed referring
@@ -23,8 +26,9 @@ import numpy as np
 
 from benchmark.methods.base import EditResult, Method
 from refcoco_edit.errors import InputError
+from refcoco_edit.pipelines.capabilities import EditPipeline, EditRequest
 
-INPAINTERS = ("inpaint", "classical_inpaint")
+INPAINTERS = ("inpaint", "classical_inpaint")  # the built-in removal pipelines (others may be registered)
 
 
 class SegInpaintMethod(Method):
@@ -37,13 +41,21 @@ class SegInpaintMethod(Method):
     option_defaults = {"segmenter": "gt", "inpainter": "inpaint", "guidance_scale": 7.5, "refshapes_root": ""}
 
     def __init__(self, **kwargs: Any) -> None:
+        from refcoco_edit.pipelines import PIPELINES, pipeline_class
+
         super().__init__(**kwargs)
-        if self.options["inpainter"] not in INPAINTERS:
-            raise InputError(f"seg_inpaint option inpainter must be one of {', '.join(INPAINTERS)}")
-        if self.options["inpainter"] == "classical_inpaint":
+        name = self.options["inpainter"]
+        if name not in PIPELINES:
+            raise InputError(f"seg_inpaint option inpainter must be a pipeline ({', '.join(INPAINTERS)}, ...); "
+                             f"got {name!r}")
+        self.inpainter: type[EditPipeline] = pipeline_class(name)
+        if "remove" not in self.inpainter.edit_types:
+            raise InputError(f"seg_inpaint option inpainter={name}: that pipeline does not remove objects "
+                             f"(its edits: {', '.join(self.inpainter.edit_types)})")
+        if not self.inpainter.needs_weights:
             if kwargs.get("model") is not None:
-                raise InputError("seg_inpaint with inpainter=classical_inpaint uses no model; drop --method-model")
-            self.model_name = None  # OpenCV: no weights
+                raise InputError(f"seg_inpaint with inpainter={name} uses no model; drop --method-model")
+            self.model_name = None  # no weights, no denoising steps, its own working size
             self.steps = None
             self.size = None
         from benchmark.methods.segmenters import create_segmenter
@@ -59,11 +71,12 @@ class SegInpaintMethod(Method):
         from refcoco_edit.pipelines import get_pipeline
 
         self.segmenter.setup()
-        if self.options["inpainter"] == "classical_inpaint":
-            self.pipeline = get_pipeline("classical_inpaint")
-        else:
-            self.pipeline = get_pipeline("inpaint", self.model_name, self.overrides, self.device, self.dtype,
+        name = self.options["inpainter"]
+        if self.inpainter.needs_weights:
+            self.pipeline = get_pipeline(name, self.model_name, self.overrides, self.device, self.dtype,
                                          progress=self.progress)
+        else:
+            self.pipeline = get_pipeline(name)
 
     def label(self) -> str:
         base = super().label()
@@ -84,11 +97,12 @@ class SegInpaintMethod(Method):
         if area == 0 or area == mask.size:
             info["skipped"] = "empty segmentation" if area == 0 else "segmentation covers the whole image"
             return EditResult(source.convert("RGB"), info)
-        if self.options["inpainter"] == "classical_inpaint":
-            cand = self.pipeline.generate(source, mask, num=1, seed=seed)[0]
-        else:
-            text = None if sample.edit_type == "remove" else sample.edit_text
-            info["text"] = text
-            cand = self.pipeline.generate(source, mask, text=text, num=1, seed=seed, steps=self.steps,
-                                          size=self.size, guidance_scale=float(self.options["guidance_scale"]))[0]
+        request = EditRequest(
+            num=1, seed=seed, text=None if sample.edit_type == "remove" else sample.edit_text, steps=self.steps,
+            size=self.size, guidance_scale=float(self.options["guidance_scale"]) if self.inpainter.needs_weights
+            else None,
+        )
+        if self.inpainter.takes_text:
+            info["text"] = request.text
+        cand = self.pipeline.generate(source, mask, **self.inpainter.generate_kwargs(request))[0]
         return EditResult(cand.image, info)

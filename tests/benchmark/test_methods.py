@@ -220,6 +220,49 @@ def test_seg_inpaint_returns_the_source_when_the_segmenter_finds_nothing(bench_d
         create_method("seg_inpaint", segmenter="psychic")
 
 
+def test_seg_inpaint_reads_the_inpainters_declared_capabilities(bench_dataset, monkeypatch):
+    """Any registered removal pipeline works; whether it loads weights and what it is passed come from
+    its class's declarations, not from its name."""
+    from benchmark.run.dataset import open_selection
+    from refcoco_edit.pipelines import PIPELINES
+    from refcoco_edit.pipelines.base import Candidate
+    from refcoco_edit.pipelines.capabilities import EditPipeline
+
+    calls = []
+
+    class Grey(EditPipeline):
+        name = "grey_fill"
+        edit_types = ("remove",)
+        needs_weights = False
+
+        def __init__(self, *args, **kwargs):
+            self.model = "none"
+
+        def generate(self, image, mask, **kwargs):
+            calls.append(kwargs)
+            arr = np.asarray(image.convert("RGB")).copy()
+            arr[np.asarray(mask) > 0] = 128
+            from PIL import Image
+
+            return [Candidate(Image.fromarray(arr), kwargs["seed"], {}, "none", np.asarray(mask))]
+
+    monkeypatch.setitem(PIPELINES, "grey_fill", Grey)
+    sample = open_selection(str(bench_dataset)).sample(0)
+    method = create_method("seg_inpaint", inpainter="grey_fill")
+    assert method.model_name is None and method.steps is None and method.availability() is None
+    method.ensure_ready()
+    result = method.edit(sample, seed=7)
+    assert calls == [{"num": 1, "seed": 7}]  # EditPipeline's own mapping: no text, no sampling options
+    assert "text" not in result.info
+    assert (np.asarray(result.image)[np.asarray(sample.source_mask) > 0] == 128).all()
+    with pytest.raises(InputError, match="does not remove objects"):
+        create_method("seg_inpaint", inpainter="region_edit")
+    with pytest.raises(InputError, match="inpainter must be a pipeline"):
+        create_method("seg_inpaint", inpainter="photoshop")
+    with pytest.raises(InputError, match="uses no model"):
+        create_method("seg_inpaint", inpainter="grey_fill", model="tiny-sd-inpaint")
+
+
 # ---------------------------------------------------------------------------------------------
 # every method end to end, tiny models
 
