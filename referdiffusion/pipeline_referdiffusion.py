@@ -65,6 +65,21 @@ class ReferDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
     model_cpu_offload_seq = "text_encoder->rem->unet->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "image_latents"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> ReferDiffusionPipeline:
+        """diffusers' loader, then every component in one dtype: `torch_dtype` when given, else float32.
+
+        Why: diffusers loads its own models (UNet, VAE, REM) in float32 whatever their config says, while
+        transformers 5 loads the text encoder in the dtype its config names; a checkpoint holding a
+        float16 text encoder would otherwise fail at the first step with mismatched dtypes."""
+        from refcoco_edit.models.components import place_components
+
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        dtype = kwargs.get("torch_dtype", kwargs.get("dtype"))
+        if dtype is None or isinstance(dtype, torch.dtype):  # a per-component mapping is the caller's choice
+            place_components(pipe, None, dtype or torch.float32)
+        return pipe
+
     def __init__(
         self,
         vae: AutoencoderKL,

@@ -70,19 +70,20 @@ def _devices(module: torch.nn.Module) -> set[Any]:
 
 
 def place_components(obj: Any, device: Any, dtype: torch.dtype) -> Any:
-    """Every torch module of `obj` (a pipeline, a mapping of components, or a module) on `device`, with
-    all its floating-point weights in `dtype`; modules already there are left alone (diffusers warns
-    on each cast). Returns `obj`, changed in place."""
+    """Every torch module of `obj` (a pipeline, a mapping of components, or a module) on `device` (None:
+    each where it is), with all its floating-point weights in `dtype`; modules already there are left
+    alone (diffusers warns on each cast). Returns `obj`, changed in place."""
     import torch
 
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else None
     for name, module in torch_modules(obj).items():
         wrong_dtype = module_dtypes(module) - {dtype}
-        wrong_device = {d for d in _devices(module) if not _same_device(d, device)}
+        wrong_device = device is not None and any(not _same_device(d, device) for d in _devices(module))
         if wrong_dtype or wrong_device:
             logger.debug("placing %s (%s on %s) in %s on %s", name or type(module).__name__,
-                         sorted(map(str, module_dtypes(module))), sorted(map(str, _devices(module))), dtype, device)
-            module.to(device=device, dtype=dtype)
+                         sorted(map(str, module_dtypes(module))), sorted(map(str, _devices(module))), dtype,
+                         device or "its device")
+            module.to(**({"device": device} if device is not None else {}), dtype=dtype)
     return obj
 
 

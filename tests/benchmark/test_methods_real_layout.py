@@ -85,6 +85,12 @@ def test_init_writes_one_dtype_and_referdiffusion_runs_on_mixed_checkpoints(fold
     pipe.text_encoder.to(torch.float16)
     pipe.save_pretrained(tmp_path / "mixed")
     assert saved_dtypes(tmp_path / "mixed")["text_encoder"] == {"F16"}
+    from refcoco_edit.models.components import check_one_dtype
+
+    # loaded directly (`referdiffusion edit`, training): one dtype, float32 unless asked otherwise
+    assert check_one_dtype(ReferDiffusionPipeline.from_pretrained(tmp_path / "mixed")) == torch.float32
+    half = ReferDiffusionPipeline.from_pretrained(tmp_path / "mixed", torch_dtype=torch.float16)
+    assert check_one_dtype(half) == torch.float16
     _, want = _edit("referdiffusion", tmp_path / "fp32")
     _, got = _edit("referdiffusion", tmp_path / "mixed")
     np.testing.assert_array_equal(got, want)
