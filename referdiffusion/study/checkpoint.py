@@ -1,0 +1,131 @@
+"""The rows' starting point: a ReferDiffusion checkpoint folder made of the study's own small models.
+
+`referdiffusion train` starts from a folder (`model.pretrained`) that `ReferDiffusionPipeline.from_pretrained`
+loads; a folder that already holds a REM is trained as it is. So every row of the study starts from the
+same folder, written here once:
+
+- VAE: `refshapes-vae` (`refcoco_edit/data/models/refshapes-vae` once trained, or any diffusers folder given),
+  or, before it exists, a randomly initialised VAE of the same config (enough to exercise the trainer);
+- text encoder and tokenizer: the frozen random CLIP of `text_encoder` (width 64, 32 tokens);
+- UNet: InstructPix2Pix's 8-channel UNet of `unet.UNET_CONFIG`, weights drawn from `seed`;
+- scheduler: Stable Diffusion's DDIM (the scaled-linear schedule of 1,000 steps);
+- REM: a `RegionEmbedder` at the text encoder's width with a conv stem sized to the 4 x 24 x 32 latents,
+  weights drawn from `seed` (zero gate: before training its output equals the text features, so the
+  fine-tune row, which never trains it, edits as its UNet alone).
+
+    python -m referdiffusion.study.checkpoint --out DIR [--vae VAE_DIR] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from refcoco_edit.errors import InputError
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+
+log = logging.getLogger(__name__)
+
+# The study's trained VAE, once it is in the repository.
+SHIPPED_VAE = Path(__file__).resolve().parents[2] / "refcoco_edit" / "data" / "models" / "refshapes-vae"
+REM_CONFIG: dict[str, Any] = {
+    "num_attention_heads": 4,
+    "mlp_ratio": 4.0,
+    "image_hidden_channels": 64,
+    "image_conv_layers": 2,
+}
+RANDOM_VAE_SCALING = 1.0  # a random VAE's latents are not scaled; a trained one carries its own factor
+
+
+def load_vae(vae: Path | str | None) -> tuple[AutoencoderKL, str]:
+    """The VAE to use and where it came from: `vae` (a diffusers folder), else the shipped `refshapes-vae`,
+    else a fresh random one of `vae.VAEConfig`'s shape."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from referdiffusion.study.vae import VAEConfig, build_vae
+
+    path = Path(vae) if vae is not None else (SHIPPED_VAE if (SHIPPED_VAE / "config.json").is_file() else None)
+    if path is not None:
+        if not (path / "config.json").is_file():
+            raise InputError(f"--vae {path}: not a diffusers AutoencoderKL folder (no config.json)")
+        return AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32), str(path)
+    model = build_vae(VAEConfig())
+    model.register_to_config(scaling_factor=RANDOM_VAE_SCALING)
+    return model, "random (refshapes-vae's config, seed 0)"
+
+
+def build_pipeline(vae: Path | str | None = None, seed: int = 0) -> tuple[ReferDiffusionPipeline, dict]:
+    """The study's starting ReferDiffusionPipeline (float32, eval mode) and a note of what it holds."""
+    import torch
+
+    from refcoco_edit.models.components import sd_ddim_scheduler
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+    from referdiffusion.rem import RegionEmbedder
+    from referdiffusion.study.text_encoder import build_text_encoder, build_tokenizer
+    from referdiffusion.study.unet import build_unet
+
+    vae_model, vae_from = load_vae(vae)
+    vae_model = vae_model.float()
+    text_encoder = build_text_encoder()
+    tokenizer = build_tokenizer()
+    unet = build_unet(seed)
+    if vae_model.config.latent_channels * 2 != unet.config.in_channels:
+        raise InputError(f"the VAE has {vae_model.config.latent_channels} latent channels; the study's UNet takes "
+                         f"{unet.config.in_channels // 2}")
+    torch.manual_seed(seed)
+    rem = RegionEmbedder(text_dim=text_encoder.config.hidden_size, latent_channels=vae_model.config.latent_channels,
+                         **REM_CONFIG)
+    pipe = ReferDiffusionPipeline(vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                  scheduler=sd_ddim_scheduler({}), rem=rem)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.rem):
+        module.eval()
+    count = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+             for name in ("unet", "rem", "vae", "text_encoder")}
+    note = {"vae": vae_from, "scaling_factor": float(vae_model.config.scaling_factor), "seed": seed,
+            "parameters": count, "rem_config": REM_CONFIG}
+    return pipe, note
+
+
+def write_checkpoint(out: Path | str, vae: Path | str | None = None, seed: int = 0,
+                     overwrite: bool = False) -> dict:
+    """Write the starting checkpoint folder (all or nothing); what it holds."""
+    from refcoco_edit.io import atomic_dir, atomic_write_json
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+        if not (out / "model_index.json").is_file():
+            raise InputError(f"{out} is not a checkpoint folder; refusing to replace it")
+        import shutil
+
+        shutil.rmtree(out)
+    pipe, note = build_pipeline(vae, seed)
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / "study_base.json", note)
+    return note
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m referdiffusion.study.checkpoint", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.add_argument("--vae", type=Path, default=None,
+                   help=f"a diffusers AutoencoderKL folder (default: {SHIPPED_VAE} when present, else a random one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the UNet's and the REM's initial weights")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    print(json.dumps(write_checkpoint(args.out, args.vae, args.seed, args.overwrite)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
