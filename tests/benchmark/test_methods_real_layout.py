@@ -110,3 +110,25 @@ def test_config_names_the_folder_actually_read(folders, tmp_path, monkeypatch):
     assert config["model_folder"] == str(real.resolve())  # as read
     rd = create_method("referdiffusion", model="links/../links/ip2p").config()
     assert rd["model"] == str(real.resolve())
+
+
+def test_a_fresh_process_loads_a_method_quietly(folders, tmp_path):
+    """No library progress bars and no torchvision fallback warning (transformers prints it once per
+    process, on first use: only a fresh process can show it)."""
+    import subprocess
+    import sys
+
+    real, _ = folders["tiny-ip2p"]
+    code = ("import sys\n"
+            "from benchmark.methods import create_method\n"
+            "m = create_method(sys.argv[1], model=sys.argv[2], device='cpu', steps=1, size=64)\n"
+            "m.ensure_ready()\n"
+            "print('ready')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, "ip2p", str(real)], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ready"
+    for noise in ("torchvision", "Loading pipeline components", "Loading weights", "it/s]"):
+        assert noise not in done.stderr, done.stderr[-2000:]

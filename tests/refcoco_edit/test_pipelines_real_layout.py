@@ -169,3 +169,30 @@ def test_record_names_the_folder_actually_read(folders, tmp_path, monkeypatch):
     assert cands[0].params["model_folder"] == str(real.resolve())
     _, cands = _run("inpaint", Path("models/../models/my-sd"), "sd15")  # the blended-latent path of inpaint
     assert cands[0].params["model_folder"] == str(real.resolve())
+
+
+def test_clip_ranking_with_a_float16_saved_clip(folders, tmp_path, tiny_cache):
+    """The ranker's CLIP saved in float16 (transformers 5 loads it so) is placed in the pipeline's dtype:
+    the scores are those of the same weights saved in float32 (rounded through float16)."""
+    import torch
+    from transformers import CLIPModel
+
+    from refcoco_edit.models.resolver import resolve
+    from refcoco_edit.pipelines import get_pipeline
+
+    tiny_clip = resolve("tiny-clip").source
+    scores = {}
+    for kind, dtype in (("half", torch.float16), ("rounded", torch.float32)):
+        model = CLIPModel.from_pretrained(tiny_clip).to(torch.float16).to(dtype)
+        folder = tmp_path / kind
+        model.save_pretrained(folder)
+        for extra in Path(tiny_clip).iterdir():  # tokenizer and processor files
+            if extra.suffix in (".json", ".txt") and extra.name != "config.json":
+                (folder / extra.name).write_bytes(extra.read_bytes())
+        real, _ = folders["tiny-sd15"]
+        pipe = get_pipeline("region_edit", "sd15", {"sd15": str(real), "clip-vit-l14": str(folder)}, device="cpu",
+                            progress=False)
+        cands = pipe.generate(_image(), _mask(), text="a red ball", num=2, seed=1, steps=2, rank_by="clip-vit-l14")
+        assert pipe._rankers["clip-vit-l14"].model.dtype == torch.float32
+        scores[kind] = sorted(c.score for c in cands)
+    np.testing.assert_allclose(scores["half"], scores["rounded"], atol=1e-4)
