@@ -24,6 +24,8 @@ EDIT_TYPE_HELP = {"replace": "the new object", "remove": "(none)", "attribute": 
 
 MAX_LISTED = 10  # rephrasings are chosen by their number in a list of at most this many
 PICTURE_HEIGHT = 300  # source and result, side by side on a 1366x768 screen
+# What the prompt box shows before a prompt is composed (an empty box would take a third of the screen).
+NO_PROMPT = [("No prompt yet: choose an expression, an edit type and a target, then Compose.", None)]
 
 
 def index_of(number: Any) -> int | None:
@@ -92,7 +94,7 @@ def build(ctx) -> dict[str, Any]:
                 with gr.Column(scale=0, min_width=90):
                     compose_btn = gr.Button("Compose", elem_id="annotate-compose", size="sm", variant="secondary")
                     wording_btn = gr.Button("Reword", elem_id="annotate-wording", size="sm")
-            c["prompt"] = prompt_box(elem_id="annotate-prompt", show_legend=False)
+            c["prompt"] = prompt_box(elem_id="annotate-prompt", show_legend=False, value=NO_PROMPT)
             with gr.Row(equal_height=False, elem_classes=["compact-row"]):
                 c["pipeline"] = gr.Dropdown(label="Pipeline", choices=[(PIPELINE_LABELS[n], n) for n in names],
                                             value=first_pipeline, elem_id="annotate-pipeline", scale=3,
@@ -100,7 +102,7 @@ def build(ctx) -> dict[str, Any]:
                 num = gr.Number(value=min(4, ctx.config.max_candidates), minimum=1, maximum=ctx.config.max_candidates,
                                 precision=0, label="Candidates", elem_id="annotate-num", scale=1, min_width=90)
             with gr.Row(equal_height=False, elem_classes=["compact-row"]):
-                c["gen_text"] = gr.Textbox(label="Text for the model: what the region should show",
+                c["gen_text"] = gr.Textbox(label="Text for the model", placeholder="what the region should show",
                                            elem_id="annotate-gen-text", scale=3, lines=1, max_lines=1)
                 generate_btn = gr.Button("Generate (Alt+G)", variant="primary", elem_id="annotate-generate",
                                          scale=0, min_width=170, size="md")
@@ -136,13 +138,14 @@ def build(ctx) -> dict[str, Any]:
                     brush=gr.Brush(colors=["#0046ff"], color_mode="fixed"), layers=False,
                     elem_id="annotate-region", height=420)
             with gr.Column(scale=1, min_width=160):
-                region_obj_btn = gr.Button("Region = object", elem_id="annotate-region-object")
-                region_box_btn = gr.Button("Region = box", elem_id="annotate-region-box")
-                region_grow_btn = gr.Button("Region = object grown", elem_id="annotate-region-grow")
+                region_obj_btn = gr.Button("Region = object", elem_id="annotate-region-object", size="sm")
+                region_box_btn = gr.Button("Region = box", elem_id="annotate-region-box", size="sm")
+                region_grow_btn = gr.Button("Region = object grown", elem_id="annotate-region-grow", size="sm")
                 region_mode = gr.Radio([("strokes are the region", "replace"), ("box around strokes", "box"),
                                         ("add strokes", "add"), ("cut strokes out", "remove")], value="replace",
                                        label="Brush", elem_id="annotate-region-mode")
-                region_draw_btn = gr.Button("Use drawn region", variant="secondary", elem_id="annotate-region-drawn")
+                region_draw_btn = gr.Button("Use drawn region", variant="secondary", elem_id="annotate-region-drawn",
+                                            size="sm")
                 seed = gr.Textbox(label="Seed", placeholder="next unused", elem_id="annotate-seed")
                 steps = gr.Number(label="Steps", value=ctx.config.default_steps, precision=0, elem_id="annotate-steps")
     with gr.Accordion("Correct M_e (the edited area)", open=False, elem_id="annotate-me-section"):
@@ -155,25 +158,25 @@ def build(ctx) -> dict[str, Any]:
                 me_mode = gr.Radio([("add strokes", "add"), ("cut strokes out", "remove"),
                                     ("strokes are M_e", "replace")], value="add", label="Brush",
                                    elem_id="annotate-me-mode")
-                me_btn = gr.Button("Use corrected M_e", elem_id="annotate-me-use")
+                me_btn = gr.Button("Use corrected M_e", elem_id="annotate-me-use", size="sm")
     with gr.Accordion("Rephrasings", open=False, elem_id="annotate-rephrasing-section"):
-        rephrase_btn = gr.Button("Suggest rephrasings", elem_id="annotate-rephrase")
+        rephrase_btn = gr.Button("Suggest rephrasings", elem_id="annotate-rephrase", size="sm")
         with gr.Row():
             with gr.Column(scale=3):
                 c["rephrasings"] = gr.Markdown(elem_id="annotate-rephrasings")
                 c["rephrasing"] = gr.Radio(label="Rephrasing (number in the list)",
                                            choices=list(range(1, MAX_LISTED + 1)), elem_id="annotate-rephrasing")
             with gr.Column(scale=1, min_width=120):
-                use_reph_btn = gr.Button("Use this rephrasing", elem_id="annotate-use-rephrasing")
-                drop_reph_btn = gr.Button("Discard it", elem_id="annotate-discard-rephrasing")
+                use_reph_btn = gr.Button("Use this rephrasing", elem_id="annotate-use-rephrasing", size="sm")
+                drop_reph_btn = gr.Button("Discard it", elem_id="annotate-discard-rephrasing", size="sm")
     with gr.Accordion("About this item: the ref, its objects, why it is eligible", open=False):
         c["ref"] = gr.Markdown(elem_id="annotate-ref")
         c["objects"] = gr.Markdown(elem_id="annotate-objects")
     with gr.Accordion("My samples: status and the reviewers' reasons", open=False, elem_id="annotate-mine-section"):
         with gr.Row():
-            mine_btn = gr.Button("Refresh", elem_id="annotate-mine-refresh", scale=0, min_width=100)
+            mine_btn = gr.Button("Refresh", elem_id="annotate-mine-refresh", scale=0, min_width=100, size="sm")
             reopen_id = gr.Textbox(label="Sample to reopen (click a row)", elem_id="annotate-reopen-id", scale=2)
-            reopen_btn = gr.Button("Reopen", elem_id="annotate-reopen", scale=0, min_width=100)
+            reopen_btn = gr.Button("Reopen", elem_id="annotate-reopen", scale=0, min_width=100, size="sm")
         mine = gr.Dataframe(headers=H.MY_SAMPLES_COLUMNS, interactive=False, wrap=True, elem_id="annotate-mine")
 
     # What each action changes on the page. Every event lists exactly the components its handler
@@ -204,6 +207,8 @@ def build(ctx) -> dict[str, Any]:
                 out += [objects_markdown(value), value.value]
             elif key == "sentences":
                 out.append(sentence_update(value))
+            elif key == "prompt" and value is None:
+                out.append(NO_PROMPT)
             elif key == "rephrasings":
                 out += [numbered([label for label, _ in value.choices], "no rephrasings"), None]
             else:

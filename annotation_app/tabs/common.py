@@ -112,6 +112,9 @@ class LimitedImageEditor(gr.ImageEditor, metaclass=_NoStubMeta):
     decodes them: the layers' number, each picture's bytes, side and pixels; and whose store of
     values sent in pieces is bounded (the oldest unused one is dropped)."""
 
+    def get_block_name(self) -> str:
+        return "imageeditor"  # the page draws it with Gradio's own editor
+
     @server
     def accept_blobs(self, data):  # noqa: ANN001 - gradio's AcceptBlobs
         from annotation_app.limits import MAX_PENDING_EDITS, check_editor_picture, check_layer_index

@@ -68,6 +68,7 @@ def blob(kind: str, index, key: str, data: bytes):
 
 def test_editor_blobs_are_bounded():
     ed = editor()
+    assert ed.get_block_name() == "imageeditor"  # the page draws it as Gradio's editor
     layer = png(64, 48, "RGBA")
     ed.accept_blobs(blob("layer", "0", "a", layer))
     assert len(ed.blob_storage["a"].layers) == 1
