@@ -141,10 +141,13 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, cfg: VAEConfig) -> tuple[torch
 
 
 def train_vae(cfg: VAEConfig, train_images: np.ndarray, val_images: np.ndarray, out_dir: Path | str,
-              max_seconds: float | None = None) -> AutoencoderKL:
+              max_seconds: float | None = None, stop_at: int | None = None) -> AutoencoderKL:
     """Train (or resume) the VAE in `out_dir`; return the weights with the best validation PSNR.
 
-    `max_seconds` stops early after a checkpoint (the next call resumes); curves go to `log.jsonl`.
+    `max_seconds` stops early after a checkpoint, `stop_at` after step `stop_at`'s (the next call
+    resumes); curves go to `log.jsonl`. A resumed run may change `steps` alone (the cosine schedule then
+    ends at the new total): the change is kept in the checkpoint's `schedule` and in the log, so the run
+    can be replayed exactly with `stop_at`.
     """
     import torch
 
@@ -156,20 +159,30 @@ def train_vae(cfg: VAEConfig, train_images: np.ndarray, val_images: np.ndarray, 
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     ckpt = out / "checkpoint.pt"
     step, best = 0, -np.inf
+    schedule = [[0, cfg.steps]]  # [first step, total steps of the cosine schedule from there]
+    changed = None
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg):
+        before = {**state["config"], "steps": cfg.steps}
+        if before != asdict(cfg):
             raise InputError(f"{ckpt} was written with another config; use another --out or the same settings")
+        step, best = int(state["step"]), float(state["best_val_psnr"])
+        schedule = state.get("schedule", [[0, state["config"]["steps"]]])
+        if state["config"]["steps"] != cfg.steps:
+            if cfg.steps <= step:
+                raise InputError(f"{ckpt} is at step {step}; --steps {cfg.steps} must be larger")
+            schedule.append([step, cfg.steps])
+            changed = {"step": step, "schedule_change": {"from": state["config"]["steps"], "to": cfg.steps}}
+            log.warning("schedule changed at step %d: %d -> %d steps", step, state["config"]["steps"], cfg.steps)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, best = int(state["step"]), float(state["best_val_psnr"])
         log.info("resumed at step %d (best val PSNR %.2f)", step, best)
     atomic_write_json(out / "config.json", asdict(cfg))
 
     def save_checkpoint() -> None:
         with atomic_path(ckpt) as tmp:
             torch.save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "best_val_psnr": best, "config": asdict(cfg)}, tmp)
+                        "best_val_psnr": best, "config": asdict(cfg), "schedule": schedule}, tmp)
 
     def validate() -> float:
         vae.eval()
@@ -180,7 +193,9 @@ def train_vae(cfg: VAEConfig, train_images: np.ndarray, val_images: np.ndarray, 
     start = last_ckpt = time.monotonic()
     vae.train()
     with open(out / "log.jsonl", "a") as logf:
-        while step < cfg.steps:
+        if changed is not None:
+            logf.write(json.dumps(changed) + "\n")
+        while step < cfg.steps and (stop_at is None or step < stop_at):
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, step)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # the posterior's noise, also drawn from (seed, step)
@@ -201,7 +216,7 @@ def train_vae(cfg: VAEConfig, train_images: np.ndarray, val_images: np.ndarray, 
                 log.info("step %d loss %.4f%s", step, parts["loss"],
                          f" val PSNR {row['val_psnr']:.2f}" if "val_psnr" in row else "")
             now = time.monotonic()
-            if now - last_ckpt >= cfg.checkpoint_every_s or step == cfg.steps:
+            if now - last_ckpt >= cfg.checkpoint_every_s or step in (cfg.steps, stop_at):
                 save_checkpoint()
                 last_ckpt = now
                 if max_seconds is not None and now - start >= max_seconds and step < cfg.steps:
@@ -278,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--batch-size", type=int, default=VAEConfig.batch_size)
     t.add_argument("--train-images", type=int, default=16000, help="train images (sources and edits) to sample")
     t.add_argument("--max-seconds", type=float, default=None)
+    t.add_argument("--stop-at", type=int, default=None, help="stop after this step (a later call resumes)")
     e = sub.add_parser("eval", help="reconstruction PSNR with a bootstrap 95%% interval")
     e.add_argument("--data", type=Path, required=True)
     e.add_argument("--vae", type=Path, required=True, help="a diffusers AutoencoderKL folder")
@@ -301,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = VAEConfig(steps=args.steps, batch_size=args.batch_size)
         train, val = _image_sets(args.data, args.out / "images", args.train_images, cfg.val_images)
         log.info("train images %s, val images %s", train.shape, val.shape)
-        train_vae(cfg, train, val, args.out, max_seconds=args.max_seconds)
+        train_vae(cfg, train, val, args.out, max_seconds=args.max_seconds, stop_at=args.stop_at)
         return 0
     vae = AutoencoderKL.from_pretrained(args.vae).float().eval()
     study = RefShapesStudy(args.data)

@@ -66,6 +66,24 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert whole is not None
 
 
+def test_shortened_schedule_is_recorded_and_replays_exactly(tmp_path):
+    train, val = _images(6), _images(2, seed=1)
+    for folder in ("a", "b"):
+        sv.train_vae(_cfg(steps=8, val_every=2), train, val, tmp_path / folder, stop_at=2)
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 2 and ck["schedule"] == [[0, 8]]
+    sv.train_vae(_cfg(steps=4, val_every=2), train, val, tmp_path / "a")  # shortened at step 2
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 4 and ck["schedule"] == [[0, 8], [2, 4]]
+    assert any("schedule_change" in line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines())
+    sv.train_vae(_cfg(steps=4, val_every=2), train, val, tmp_path / "b")  # the replay
+    other = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for k, v in ck["model"].items():
+        torch.testing.assert_close(v, other[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="must be larger"):
+        sv.train_vae(_cfg(steps=3, val_every=2), train, val, tmp_path / "a")
+
+
 def test_resume_refuses_another_config(tmp_path):
     train, val = _images(4), _images(2, seed=1)
     sv.train_vae(_cfg(steps=2, val_every=2), train, val, tmp_path)
