@@ -531,8 +531,16 @@ def test_reviewer_session(chromium, server):
     page.click("#annotate-mine-refresh")
     table = wait_text(page, "#annotate-mine", "the circle covers the neighbour")
     assert sample_id in table and "rejected" in table and "rev1" in table
-    page.locator("#annotate-mine").scroll_into_view_if_needed()
     steps.shot("my-samples")
+
+    # --- the other views, for the record
+    page.get_by_role("tab", name="Progress").click()
+    wait_text(page, "#progress-summary", "By status")
+    assert "rejected" in page.inner_text("#progress-summary")
+    steps.shot("progress")
+    page.get_by_role("tab", name="User study").click()
+    page.wait_for_selector("#study-next")
+    steps.shot("user-study")
     assert [(r.reviewer, r.decision) for r in ctx.store.get_reviews(sample_id)] == [
         ("rev1", "send_back"), ("rev1", "reject")]
     page.close()
