@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from annotation_app.handlers import progress as H
-from annotation_app.tabs.common import call, on_failure_show, username
+from annotation_app.tabs.common import call, guarded, username
 
 COLUMNS = ["user", "made", "submitted", "accepted", "rejected", "sent back", "reviewed", "active hours",
            "submitted / hour"]
@@ -23,8 +23,9 @@ def build(ctx, tab: gr.Tab | None = None) -> dict[str, Any]:
         report = call(H.progress_report, ctx, username(request))
         return report["summary"], report["throughput"]
 
-    on_failure_show(refresh_btn.click(on_refresh, None, [summary, table], api_name="progress", queue=False),
-                    summary)
+    # a refusal (an account disabled meanwhile) shows in the summary and leaves the table as it was
+    refresh = guarded(on_refresh, [summary, table], summary)
+    refresh_btn.click(refresh, None, [summary, table], api_name="progress", queue=False)
     if tab is not None:
-        tab.select(on_refresh, None, [summary, table], api_name=False, queue=False)
+        tab.select(refresh, None, [summary, table], api_name=False, queue=False)
     return {"summary": summary, "throughput": table}

@@ -33,7 +33,8 @@ def build(ctx) -> dict[str, Any]:
     with gr.Row(elem_id="review-bar", elem_classes=["sticky-bar"], equal_height=False):
         next_btn = gr.Button("Next (Alt+N)", variant="primary", elem_id="review-next", scale=0, min_width=120,
                              size="md")
-        c["message"] = gr.Markdown(elem_id="review-message", elem_classes=["message-line", "bar-text"])
+        with gr.Column(scale=2, min_width=260):
+            c["message"] = gr.Markdown(elem_id="review-message", elem_classes=["message-line", "bar-text"])
         comment = gr.Textbox(show_label=False, placeholder="Reason (reject) or comment (send back)",
                              elem_id="review-comment", scale=2, lines=1, max_lines=2, container=False)
         accept_btn = gr.Button("Accept (Alt+A)", variant="primary", elem_id="review-accept", scale=0, min_width=140,
