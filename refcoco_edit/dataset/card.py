@@ -84,7 +84,14 @@ reproduced the reference edit exactly would score a perfect background (`l2_bg` 
 Pipelines: `composition` (Paint-by-Example with an example image of the new object),
 `region_edit` (Blended Latent Diffusion inside a drawn region), `inpaint` (diffusion removal),
 `classical_inpaint` (OpenCV removal), `manual` (drawn by a person), `synthetic` (rendered ground
-truth, no model involved)."""
+truth, no model involved).
+
+Scoring with `rie-bench`: the background metrics (`l2_bg`, `psnr_bg`, `ssim_bg`) read only the pixels
+outside M_e, and CLIP-Sim_fg is reported in both readings of the paper, the crop around M_e (its
+bounding box grown by 10%) against the edit part P_e (`clip_sim_fg`) and against the referring part
+P_r (`clip_sim_fg_ref`). The self-supervised stage-1 data of ReferDiffusion is a separate dataset
+(`refcoco-edit synth`: the referred object covered by a named colour, "paint a sandwich on the blue
+mask", made from the train split only)."""
 
 LICENCE_NOTE = """\
 The annotations (prompts, spans, masks, edits) are released under {licence}. The source pictures
