@@ -82,9 +82,9 @@ def _empty_view(message: str) -> dict[str, Any]:
 def next_review(ctx, username: str | None, state: ReviewState | None) -> tuple[ReviewState, dict]:
     """Claim the oldest submitted sample made by someone else.
 
-    The sample on screen is passed over only while it is still undecided and unchanged (Next then
-    means "skip it"), and even then it comes back when nothing else waits; once decided, a
-    resubmission of it is a new item like any other."""
+    The sample on screen is passed over only while the reviewer holds it undecided (Next then means
+    "skip it"), and even then it comes back when nothing else waits; once decided (sent back, say),
+    its resubmission is an item like any other, found although it is still on screen."""
     user = _reviewer(ctx, username)
     st = fresh(state, ReviewState)
     _release(ctx, st, user.name)
