@@ -125,7 +125,10 @@ def get_clip(
         def loader(src: str) -> tuple[Any, Any]:
             from transformers import CLIPModel, CLIPProcessor
 
-            return CLIPModel.from_pretrained(src), CLIPProcessor.from_pretrained(src)
+            from refcoco_edit.models.components import quiet_libraries
+
+            with quiet_libraries():  # scoring prints its own progress; no loading bars between its lines
+                return CLIPModel.from_pretrained(src), CLIPProcessor.from_pretrained(src)
 
         logger.info("loading CLIP %s from %s on %s", name, source, device)
         model, processor = load_pretrained(name, loader, overrides)

@@ -21,6 +21,8 @@ def register(sub) -> argparse.ArgumentParser:
                         "see `refcoco-edit models`)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the REM's random initialisation (default 0)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="the one dtype every component is written in (default float32, what training starts from)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     return p
 
@@ -28,7 +30,7 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from referdiffusion.init import init_checkpoint
 
-    report = init_checkpoint(args.source, args.out, seed=args.seed, overwrite=args.overwrite)
+    report = init_checkpoint(args.source, args.out, seed=args.seed, overwrite=args.overwrite, dtype=args.dtype)
     widened = ", first convolution widened to 8 channels" if report.widened_conv_in else ""
     print(f"wrote {report.out} from {report.source} ({report.source_kind}{widened}; "
           f"REM {report.rem_parameters:,} parameters)")

@@ -68,6 +68,18 @@ def test_init_then_edit(tiny_cache, tmp_path, capsys):
     assert Image.open(out).size == (32, 24)
 
 
+def test_init_writes_the_dtype_asked_for(tiny_cache, tmp_path):
+    from safetensors import safe_open
+
+    ckpt = tmp_path / "half"
+    assert main(["init", "--from", "tiny-ip2p", "--out", str(ckpt), "--dtype", "float16"]) == 0
+    dtypes = set()
+    for f in ckpt.rglob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            dtypes |= {st.get_slice(k).get_dtype() for k in st.keys()}
+    assert dtypes == {"F16"}
+
+
 def test_cli_errors_are_one_line(tiny_cache, tmp_path, capsys):
     assert main(["edit", "--model", str(tmp_path), "--image", "x.png", "--prompt", "p", "--out",
                  str(tmp_path / "o.png")]) == 2
