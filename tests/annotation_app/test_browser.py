@@ -532,6 +532,12 @@ def test_reviewer_session(chromium, server):
     page.click("#annotate-mine-refresh")
     table = wait_text(page, "#annotate-mine", "the circle covers the neighbour")
     assert sample_id in table and "rejected" in table and "rev1" in table
+    # the bar with Next, Save and Submit stays in view when the page scrolls
+    page.locator("#annotate-mine").scroll_into_view_if_needed()
+    assert page.evaluate("window.scrollY") > 100
+    for sel in ("#annotate-next", "#annotate-submit", "#annotate-message"):
+        box = page.locator(sel).bounding_box()
+        assert 0 <= box["y"] and box["y"] + box["height"] <= 200, (sel, box)
     steps.shot("my-samples")
 
     # --- the other views, for the record
