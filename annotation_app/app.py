@@ -48,6 +48,10 @@ CSS = """
 .legend-swatch { display: inline-block; width: 10px; height: 10px; border: 3px solid; margin-right: 4px;
   vertical-align: middle; }
 #review-info { max-height: 190px; overflow-y: auto; font-size: 13px; }
+#annotate-candidates .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: 56px !important; gap: 4px !important;
+  padding-top: 24px !important; }
+#annotate-candidates .caption-label { font-size: 11px; }
 #shortcut-line { font-size: 12px; }
 """
 
