@@ -334,14 +334,12 @@ def next_item(ctx, username: str | None, state: AnnotateState | None) -> tuple[A
 
 
 def _decided_note(ctx, user: str) -> str:
-    """A reminder of the user's samples that reviewers rejected or sent back (see My samples)."""
-    counts = {"rejected": 0, "sent back": 0}
-    for row in my_sample_rows(ctx, user):
-        if row[2] == "rejected":
-            counts["rejected"] += 1
-        elif row[2] == "draft" and row[4] == "sent back":
-            counts["sent back"] += 1
-    said = [f"{n} {what}" for what, n in counts.items() if n]
+    """A reminder of the user's samples that reviewers rejected or sent back (see My samples):
+    counted by status (a draft with a reviewer was sent back), without reading any review."""
+    rejected = ctx.reads.count(status="rejected", annotator=user)
+    sent_back = sum(1 for rec in ctx.reads.list_samples(status="draft", annotator=user, images=False)
+                    if rec.sample.reviewer)
+    said = [f"{n} {what}" for what, n in (("rejected", rejected), ("sent back", sent_back)) if n]
     return f" Your samples: {', '.join(said)}; reasons under My samples." if said else ""
 
 
@@ -369,7 +367,7 @@ def my_sample_rows(ctx, user: str) -> list[list[Any]]:
     rows = []
     for rec in recs[:MY_SAMPLES_LIMIT]:
         s = rec.sample
-        reviews = ctx.reads.get_reviews(s.sample_id) if s.status != "draft" or s.reviewer else []
+        reviews = ctx.reads.get_reviews(s.sample_id) if s.reviewer else []  # no reviewer: never reviewed
         last = reviews[-1] if reviews else None
         rows.append([s.sample_id, s.ref_id, status_label(s.status), s.updated_at,
                      DECISION_LABELS.get(last.decision, last.decision) if last else "",
