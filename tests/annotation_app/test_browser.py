@@ -1,5 +1,6 @@
 """The app in a real headless Chromium (Debian's, driven by Playwright) on a 1366x768 screen, as an
-annotator, a reviewer and a user-study rater use it for a whole item each.
+annotator and a reviewer use it for a whole item each (a user-study rater's session is in
+`test_browser_user_study.py`).
 
 The annotator: every main action is in view without scrolling; a refused action (a click outside
 any object, Compose without a target, Save with nothing to save) leaves the page as it was and says
@@ -8,8 +9,7 @@ brush, generates with a tiny diffusion model, chooses a candidate with the key 2
 (the numbers the gallery shows), reloads the page and finds her prompt again, and submits. The
 reviewer: the decisions are in view; a rejection without a reason is refused in place; she sends the
 sample back, Next finds its resubmission although it is still on screen, and she rejects it with a
-reason, which the annotator then reads under My samples. The rater: scores every output of a study
-item and submits; the ratings are stored under her name.
+reason, which the annotator then reads under My samples.
 
 Marked `browser` (skipped by the default run; `.ci/run` runs them). The set-up installs what is
 missing: Playwright with pip, Chromium with apt-get (when running as root); when neither can be had
@@ -552,43 +552,3 @@ def test_reviewer_session(chromium, server):
         ("rev1", "send_back"), ("rev1", "reject")]
     page.close()
 
-
-def test_user_study_rater_session(chromium, server):
-    """A rater scores one item's outputs on every question the study asks and submits; the ratings
-    are stored under her name (the study tab itself is laid out by `tabs/user_study.py`)."""
-    from PIL import Image
-
-    url, ctx = server
-    methods = {"method-a": (200, 40, 40), "method-b": (40, 200, 40), "method-c": (40, 40, 200)}
-    if "browser-item" not in ctx.study.item_ids():
-        source = ctx.image(ctx.data.ref(ctx.data.ref_ids()[0])["image_id"])
-        outputs = {m: Image.new("RGB", source.size, colour) for m, colour in methods.items()}
-        ctx.study.add_item("browser-item", source, "make the second star from the top red", outputs)
-    page = chromium.new_page(viewport=SCREEN)
-    page.set_default_timeout(TIMEOUT_MS)
-    steps = Steps(page, "rater")
-    sign_in(page, url, "ann1")
-    page.get_by_role("tab", name="User study").click()
-    steps.start()
-    page.click("#study-next")
-    page.wait_for_selector("#study-source img")
-    steps.done("next study item")
-    for i in range(len(methods)):
-        page.wait_for_selector(f"#study-output-{i} img")
-    steps.shot("study-item")
-    # every visible score group of the study tab: choose 4
-    groups = page.evaluate("""() => Array.from(document.querySelectorAll('[id^=study-]'))
-        .filter(e => e.querySelector('input[type=radio]') && e.offsetParent !== null).map(e => e.id)""")
-    assert len(groups) >= 2 * len(methods), groups
-    for gid in groups:
-        page.locator(f"#{gid}").get_by_label("4", exact=True).check()
-    steps.start()
-    page.click("#study-submit")
-    wait_text(page, "#study-message", "Saved your ratings of item browser-item")
-    steps.done("submit ratings")
-    steps.shot("study-rated")
-    steps.write_times()
-    mine = [r for r in ctx.study.ratings() if r["rater"] == "ann1" and r["item_id"] == "browser-item"]
-    assert sorted(r["method"] for r in mine) == sorted(methods)
-    assert all(r["quality"] == 4 for r in mine)
-    page.close()
