@@ -551,4 +551,3 @@ def test_reviewer_session(chromium, server):
     assert [(r.reviewer, r.decision) for r in ctx.store.get_reviews(sample_id)] == [
         ("rev1", "send_back"), ("rev1", "reject")]
     page.close()
-
