@@ -24,6 +24,19 @@ i.e. what building the models and training added; allocator caching makes it coa
     python benchmarks/referdiffusion_train_step.py                 # tiny models, CPU, 64 px
     python benchmarks/referdiffusion_train_step.py --preset sd15 --device cuda --dtype float16 --resolution 512
     python benchmarks/referdiffusion_train_step.py --preset sd15 --flops   # FLOP count only, meta device, any machine
+    python benchmarks/referdiffusion_train_step.py --preset refshapes --threads 1   # the RefShapes study's models
+
+`refshapes` times what the study's rows actually run against what a plain diffusers script would: the
+study's starting checkpoint (`referdiffusion.study.checkpoint`: the small UNet, a VAE of refshapes-vae's
+shape, the frozen random CLIP of width 64, the REM) at 128 px (RefShapes' 128 x 96 padded to 128^2, as
+the trainer's `aspect` protocol feeds it), batch 16, 32 tokens, three steps on the same batch:
+- "plain": a diffusers-style InstructPix2Pix training step written out as `train_instruct_pix2pix.py` does
+  it (VAE sample of the target, source latent mode, text encoding, conditioning dropout, UNet, MSE,
+  backward, gradient clipping, AdamW, LR schedule), plain torch, no accelerate;
+- "finetune": the project's trainer step (`referdiffusion.train.step.TrainStep` through accelerate, with
+  its re-seeded generators, NaN check and gathers) on the `refshapes-finetune` config (no REM, L_noise);
+- "rem_rcl": the same trainer step on `refshapes-rem_rcl` (REM, L_noise + L_mask + L_edit + L_rcl).
+EMA is off in all three (the plain step has none); the target is at most 1.15x the plain step's time.
 
 `tiny` builds the tiny test models' architectures (UNet 32-64 channels, 2-layer CLIP text model) and `sd15`
 Stable Diffusion 1.5's (UNet 320-1280 channels, CLIP ViT-L/14 text encoder, REM at width 768), both with
@@ -308,14 +321,169 @@ def count_flops(preset: str, batch_size: int, resolution: int) -> dict[str, floa
             "rem_params_m": sum(p.numel() for p in rem.parameters()) / 1e6}
 
 
+# ---------------------------------------------------------------------------------------------
+# the RefShapes study's models: the trainer's step against a plain diffusers-style step
+
+REFSHAPES_VARIANTS = ("plain", "finetune", "rem_rcl")
+REFSHAPES_LABELS = {"plain": "plain diffusers-style InstructPix2Pix step",
+                    "finetune": "trainer step, refshapes-finetune (no REM, L_noise)",
+                    "rem_rcl": "trainer step, refshapes-rem_rcl (REM, 4 losses)"}
+REFSHAPES_TOKENS = 32
+
+
+def refshapes_batch(batch_size: int, resolution: int = 128, seed: int = 0) -> dict[str, Any]:
+    """A batch in the trainer's format: pictures 128 x 96 at the top of a 128^2 canvas, masks, 32 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    b, r, h = batch_size, resolution, resolution * 3 // 4
+    ids = torch.full((b, REFSHAPES_TOKENS), EOS, dtype=torch.long)
+    attn = torch.zeros(b, REFSHAPES_TOKENS, dtype=torch.long)
+    edit = torch.zeros(b, REFSHAPES_TOKENS)
+    source_mask, edit_mask = torch.zeros(b, 1, r, r), torch.zeros(b, 1, r, r)
+    pixel_mask = torch.zeros(b, 1, r, r)
+    pixel_mask[:, :, :h] = 1
+    src, dst = torch.zeros(b, 3, r, r), torch.zeros(b, 3, r, r)
+    src[:, :, :h] = torch.rand(b, 3, h, r, generator=g) * 2 - 1
+    dst[:, :, :h] = src[:, :, :h]
+    for i in range(b):
+        n = int(torch.randint(8, 20, (1,), generator=g))
+        ids[i, 0], ids[i, 1:n + 1], ids[i, n + 1] = BOS, torch.randint(0, 49000, (n,), generator=g), EOS
+        attn[i, : n + 2] = 1
+        edit[i, 1:4] = 1
+        y0, x0 = int(torch.randint(0, h - 24, (1,), generator=g)), int(torch.randint(0, r - 24, (1,), generator=g))
+        source_mask[i, :, y0:y0 + 20, x0:x0 + 20] = 1
+        edit_mask[i, :, y0:y0 + 24, x0:x0 + 24] = 1
+        dst[i, :, y0:y0 + 24, x0:x0 + 24] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+    return {"sample_id": [f"bench-{i}" for i in range(b)], "source_pixel_values": src, "edited_pixel_values": dst,
+            "source_mask": source_mask, "edit_mask": edit_mask, "pixel_mask": pixel_mask, "input_ids": ids,
+            "attention_mask": attn, "edit_token_mask": edit}
+
+
+class PlainIP2PStep:
+    """InstructPix2Pix's training step as diffusers' example script writes it, plain torch."""
+
+    def __init__(self, pipe: Any, learning_rate: float, dropout: float, total_steps: int) -> None:
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        self.pipe, self.dropout = pipe, dropout
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        pipe.vae.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        self.unet = pipe.unet.train()
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=learning_rate, weight_decay=1e-2)
+        self.lr_scheduler = get_scheduler("cosine", optimizer=self.optimizer, num_warmup_steps=200,
+                                          num_training_steps=total_steps)
+        self.generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            ids = torch.full((1, REFSHAPES_TOKENS), EOS, dtype=torch.long)
+            ids[0, 0] = BOS
+            self.null = pipe.text_encoder(ids)[0]
+
+    def __call__(self, batch: dict[str, Any]) -> float:
+        g, vae, sf = self.generator, self.pipe.vae, float(self.pipe.vae.config.scaling_factor)
+        with torch.no_grad():
+            latents = vae.encode(batch["edited_pixel_values"]).latent_dist.sample(generator=g) * sf
+        noise = torch.randn(latents.shape, generator=g)
+        bsz = latents.shape[0]
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,), generator=g)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        with torch.no_grad():
+            text = self.pipe.text_encoder(batch["input_ids"])[0]
+            image = vae.encode(batch["source_pixel_values"]).latent_dist.mode()
+        p = self.dropout
+        random_p = torch.rand(bsz, generator=g)
+        text = torch.where((random_p < 2 * p).view(-1, 1, 1), self.null.expand_as(text), text)
+        keep_image = 1 - ((random_p >= p) & (random_p < 3 * p)).float()
+        image = image * keep_image.view(-1, 1, 1, 1)
+        pred = self.unet(torch.cat([noisy, image], dim=1), timesteps, encoder_hidden_states=text).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+class TrainerStep:
+    """The project's trainer step (`TrainStep`) on one of the study's configs, EMA off, no tracker."""
+
+    def __init__(self, config_name: str, pipe: Any) -> None:
+        from accelerate import Accelerator
+
+        from referdiffusion.train.config import load_config
+        from referdiffusion.train.state import build_state
+        from referdiffusion.train.step import TrainStep
+
+        self.config = load_config(config_name, ["model.ema=false", "report_to=none", "model.pretrained=unused"])
+        state = build_state(self.config, Accelerator(), pipe, REFSHAPES_TOKENS)
+        self.state, self.step = state, TrainStep(state)
+        self.loss_config = self.config.stage_loss_config(self.config.stages[-1])
+
+    def __call__(self, batch: dict[str, Any]) -> float:
+        loss, _ = self.step(iter([dict(batch)]), self.config.stages[-1].name, self.loss_config)
+        self.state.global_step += 1
+        return loss
+
+
+def measure_refshapes(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    from referdiffusion.study.checkpoint import build_pipeline
+
+    def pipe() -> Any:  # the same starting weights for every variant
+        return build_pipeline(seed=0)[0]
+
+    from referdiffusion.train.config import load_config
+
+    ref = load_config("refshapes-finetune", ["model.pretrained=unused"])
+    steps = {"plain": PlainIP2PStep(pipe(), ref.optim.learning_rate, ref.data.conditioning_dropout, ref.total_steps),
+             "finetune": TrainerStep("refshapes-finetune", pipe()),
+             "rem_rcl": TrainerStep("refshapes-rem_rcl", pipe())}
+    batch = refshapes_batch(args.batch_size, args.resolution)
+    for _ in range(args.warmup):
+        for fn in steps.values():
+            fn(batch)
+    walls: dict[str, list[float]] = {v: [] for v in steps}
+    cpus: dict[str, list[float]] = {v: [] for v in steps}
+    order = list(steps)
+    for i in range(args.steps):
+        for v in (order if i % 2 == 0 else order[::-1]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[v](batch)
+            walls[v].append(time.perf_counter() - t0)
+            cpus[v].append(time.process_time() - c0)
+    return {v: {"median_ms": 1e3 * statistics.median(walls[v]), "best_ms": 1e3 * min(walls[v]),
+                "cpu_median_ms": 1e3 * statistics.median(cpus[v])} for v in steps}
+
+
+def report_refshapes(args: argparse.Namespace) -> None:
+    times = measure_refshapes(args)
+    base = times["plain"]
+    print(f"training step, preset refshapes (the study's models), cpu, {args.resolution}x{args.resolution} "
+          f"(128x96 padded), batch {args.batch_size}, {args.steps} timed steps each (alternating order), torch "
+          f"threads {torch.get_num_threads()}")
+    header = ("step", "median ms", "best ms", "CPU ms", "samples/s", "time ratio", "CPU ratio")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for v in REFSHAPES_VARIANTS:
+        t = times[v]
+        print(f"| {REFSHAPES_LABELS[v]} | {t['median_ms']:.0f} | {t['best_ms']:.0f} | {t['cpu_median_ms']:.0f} | "
+              f"{1e3 * args.batch_size / t['median_ms']:.1f} | {t['median_ms'] / base['median_ms']:.3f} | "
+              f"{t['cpu_median_ms'] / base['cpu_median_ms']:.3f} |")
+    for v in ("finetune", "rem_rcl"):
+        r = times[v]["median_ms"] / base["median_ms"]
+        print(f"{v}: {'within' if r <= TIME_TARGET else 'OVER'} target ({r:.3f} <= {TIME_TARGET} x plain)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "time": times}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--preset", choices=("tiny", "sd15", "refshapes"), default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="autocast dtype (float32: no mixed precision)")
-    parser.add_argument("--resolution", type=int, help="image side in pixels (default 64 tiny, 512 sd15)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--resolution", type=int, help="image side (default 64 tiny, 512 sd15, 128 refshapes)")
+    parser.add_argument("--batch-size", type=int, help="default 4 (16 for refshapes, the rows' batch)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -325,7 +493,8 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.resolution = args.resolution or (64 if args.preset == "tiny" else 512)
+    args.resolution = args.resolution or {"tiny": 64, "sd15": 512, "refshapes": 128}[args.preset]
+    args.batch_size = args.batch_size or (16 if args.preset == "refshapes" else 4)
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffusers.utils import logging as dlog
@@ -333,6 +502,11 @@ def main() -> None:
     dlog.set_verbosity_error()
     if args.worker:
         print(json.dumps(worker(args)))
+        return
+    if args.preset == "refshapes":
+        if args.device != "cpu" or args.flops:
+            raise SystemExit("--preset refshapes runs on the CPU and times steps (no --device, no --flops)")
+        report_refshapes(args)
         return
     if args.flops:
         f = count_flops(args.preset, args.batch_size, args.resolution)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 RESIZE_MODES = ("aspect", "stretch", "crop")
 PROMPT_STYLES = ("mask", "expression")  # refcoco_edit.dataset.synth.PROMPT_STYLES (kept light: no numpy here)
 TRAIN_SPLIT = "train"  # every other split is an evaluation split
+_CONFIG_STEM = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a name that can only mean a file of configs/
 
 
 class ConfigError(InputError):
@@ -354,7 +356,9 @@ def flat_dict(values: dict[str, Any], prefix: str = "") -> dict[str, int | float
 
 
 def shipped_names() -> list[str]:
-    return list(SHIPPED)
+    """The ablation's names, then the other configs of configs/ by file stem (the RefShapes study's rows)."""
+    stems = {Path(f).stem for f in SHIPPED.values()}
+    return list(SHIPPED) + sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem not in stems)
 
 
 def find_config(name_or_path: str | Path) -> Path:
@@ -365,6 +369,8 @@ def find_config(name_or_path: str | Path) -> Path:
     by_stem = {Path(f).stem: f for f in SHIPPED.values()}
     if text in by_stem:
         return CONFIG_DIR / by_stem[text]
+    if _CONFIG_STEM.fullmatch(text) and (CONFIG_DIR / f"{text}.yaml").is_file():
+        return CONFIG_DIR / f"{text}.yaml"  # any config shipped in configs/ (refshapes-finetune ...)
     path = Path(text).expanduser()
     if path.is_file():
         return path
