@@ -127,3 +127,25 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def build_once(dest: Path | str, make: Callable[[Path], Any]) -> Path:
+    """The folder `dest`, made by `make(tmp)` on first use: under a file lock (several processes, e.g.
+    test workers or ranks of one run, build it once) into a temporary folder renamed into place, so a
+    folder that exists is complete. Temporary folders a killed build left are removed first."""
+    dest = Path(dest)
+    if dest.is_dir():
+        return dest
+    from filelock import FileLock
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / f".{dest.name}.lock")):
+        if dest.is_dir():  # another process built it while we waited
+            return dest
+        # left by a killed build (we hold the lock); earlier versions named them `.<name>.tmp-*`
+        for pattern in (f".{dest.name}.*.tmp", f".{dest.name}.tmp-*"):
+            for stale in dest.parent.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
+        with atomic_dir(dest) as tmp:
+            make(tmp)
+    return dest

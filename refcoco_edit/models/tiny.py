@@ -21,13 +21,12 @@ import gzip
 import importlib.util
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from refcoco_edit.errors import ModelNotAvailableError
-from refcoco_edit.io import atomic_dir
+from refcoco_edit.io import build_once
 from refcoco_edit.models.pbe_loading import fix_model_index, paint_by_example_encoder_class
 from refcoco_edit.settings import cache_dir
 
@@ -389,22 +388,12 @@ def materialize(name: str, root: Path | None = None) -> Path:
 
         raise InputError(f"unknown tiny model {name!r}; known: {', '.join(BUILDERS)}")
     dest = tiny_folder(name, root)
-    if dest.is_dir():
-        return dest
-    from filelock import FileLock
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest.parent / f".{dest.name}.lock")):
-        if dest.is_dir():  # another process built it while we waited
-            return dest
-        # Left by a killed build (we hold the lock); earlier versions named them `.<name>.tmp-*`.
-        for pattern in (f".{dest.name}.*.tmp", f".{dest.name}.tmp-*"):
-            for stale in dest.parent.glob(pattern):
-                shutil.rmtree(stale, ignore_errors=True)
+    def make(tmp: Path) -> None:
         logger.info("building tiny model %s in %s", name, dest)
-        with atomic_dir(dest) as tmp:
-            _build_quietly(BUILDERS[name], tmp)
-    return dest
+        _build_quietly(BUILDERS[name], tmp)
+
+    return build_once(dest, make)
 
 
 def _build_quietly(builder: Callable[[Path], None], out: Path) -> None:

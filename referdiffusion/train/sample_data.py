@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from refcoco_edit.errors import InputError
-from refcoco_edit.io import atomic_dir
+from refcoco_edit.io import build_once
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,9 @@ def materialize_sample_dataset(spec: str) -> Path:
     if spec not in SAMPLE_DATASETS:
         raise InputError(f"unknown sample dataset {spec!r}; known: {', '.join(SAMPLE_DATASETS)}")
     dest = sample_folder(spec)
-    if dest.is_dir():
-        return dest
-    from filelock import FileLock
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest.parent / f".{dest.name}.lock")):
-        if dest.is_dir():
-            return dest
+    def make(tmp: Path) -> None:
         log.info("making %s in %s (once)", spec, dest)
-        with atomic_dir(dest) as tmp:
-            (_make_synth if spec == "sample:synth" else _make_edits)(tmp)
-    return dest
+        (_make_synth if spec == "sample:synth" else _make_edits)(tmp)
+
+    return build_once(dest, make)

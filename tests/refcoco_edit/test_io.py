@@ -62,3 +62,43 @@ def test_json_encoder_refuses_objects_instead_of_writing_their_repr(tmp_path: Pa
     with pytest.raises(TypeError, match="date is not JSON serialisable"):
         atomic_write_json(tmp_path / "o.json", {"d": date(2026, 1, 2)})
     assert not (tmp_path / "o.json").exists()
+
+
+def test_build_once_builds_one_complete_folder_for_concurrent_callers(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from refcoco_edit.io import build_once
+
+    dest = tmp_path / "cache" / "model"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / ".model.abc.tmp").mkdir()  # what a killed build leaves
+    calls: list[int] = []
+
+    def make(tmp: Path) -> None:
+        calls.append(1)
+        (tmp / "a").write_text("1")
+        time.sleep(0.2)  # others arrive while the first one builds
+        (tmp / "b").write_text("2")
+
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(build_once(dest, make))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and results == [dest] * 4
+    assert sorted(p.name for p in dest.iterdir()) == ["a", "b"]
+    assert not list((tmp_path / "cache").glob(".model.*.tmp"))
+
+
+def test_build_once_leaves_nothing_when_the_build_fails(tmp_path: Path) -> None:
+    from refcoco_edit.io import build_once
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        build_once(tmp_path / "m", broken)
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*.tmp"))
