@@ -37,9 +37,6 @@ OUTPUT_OF: dict[str, str] = {
     "loc_iou": "localisation",
 }
 
-# Metrics that need no model weights.
-WEIGHT_FREE = ("l2_bg", "psnr_bg", "ssim_bg", "localisation")
-
 
 def metric_names() -> list[str]:
     return METRICS.names()

@@ -33,11 +33,14 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from refcoco_edit.errors import InputError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class MaskResizedWarning(UserWarning):
 class Candidate:
     """One generated edit: the image at the source's size, how to reproduce it, and M_e."""
 
-    image: Any  # PIL.Image.Image, RGB, the source's size
+    image: PILImage  # RGB, the source's size
     seed: int
     params: dict  # everything needed to reproduce it (JSON-serialisable)
     model: str  # model name as given to the resolver ("opencv" for classical inpainting)
@@ -70,9 +73,9 @@ class Candidate:
 class PreparedInputs:
     """A checked request: the source and mask at the source's size and at the working size."""
 
-    image: Any  # PIL RGB, source size
+    image: PILImage  # RGB, source size
     mask: np.ndarray  # (H, W) uint8 0/1, source size
-    work_image: Any  # PIL RGB, working size
+    work_image: PILImage  # RGB, working size
     work_mask: np.ndarray  # (h, w) uint8 0/1, working size
     extras: dict = field(default_factory=dict)
 
@@ -89,7 +92,7 @@ class PreparedInputs:
 # inputs
 
 
-def as_rgb(image: Any):
+def as_rgb(image: Any) -> PILImage:
     """A PIL RGB image from a PIL image of any mode or a uint8 (H, W[, C]) array."""
     from PIL import Image
 
@@ -207,7 +210,7 @@ def prepare_inputs(
     return PreparedInputs(image=image, mask=mask, work_image=work_image, work_mask=work_mask)
 
 
-def to_source_size(image: Any, size: tuple[int, int]):
+def to_source_size(image: PILImage, size: tuple[int, int]) -> PILImage:
     """A working-size result back at the source's (width, height)."""
     from PIL import Image
 
