@@ -1,0 +1,187 @@
+"""The Table 2 rows of the RefShapes study, trained by the project's own trainer (`referdiffusion train`).
+
+Each row is a shipped config, `refshapes-<row>`, with one budget (2,500 steps, batch 16, seed 0, 128 px
+under the evaluation's `aspect` protocol): fine-tune (InstructPix2Pix UNet, no REM), +REM, +REM +RCL,
+and full (+ stage 1). The configs name their inputs relative to the working folder, under `runs/refshapes`:
+
+    runs/refshapes/base            the starting checkpoint (`checkpoint`: study VAE, frozen random CLIP,
+                                   small UNet, REM), the same for every row
+    runs/refshapes/data/edits-128  RefShapes at 128 x 96 in the RefCOCO-Edit format (`export`; splits
+                                   train, val, testA)
+    runs/refshapes/data/synth      stage-1 data, `refcoco-edit synth` on RefShapes' train split (the
+                                   paper's mask prompts)
+    runs/refshapes/rows/<row>      each row's run (checkpoints, TensorBoard curves, final/)
+
+`prepare` makes the three inputs (or links folders made before: `--edits`, `--synth`, `--base`); `run ROW`
+trains a row, resuming from its last checkpoint after a kill, on one torch thread; `status` prints where
+each row is and its loss curve (from the run's TensorBoard log).
+
+    python -m referdiffusion.study.rows prepare --data /work/study-data/refshapes
+    python -m referdiffusion.study.rows run finetune   # = referdiffusion train --config refshapes-finetune --resume
+    python -m referdiffusion.study.rows status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from refcoco_edit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+ROWS: dict[str, str] = {"finetune": "refshapes-finetune", "rem": "refshapes-rem", "rem_rcl": "refshapes-rem_rcl",
+                        "full": "refshapes-full"}
+ROOT = Path("runs/refshapes")
+BASE, EDITS, SYNTH = "base", "data/edits-128", "data/synth"
+
+
+def config_name(row: str) -> str:
+    if row not in ROWS:
+        raise InputError(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
+    return ROWS[row]
+
+
+def row_overrides(row: str, root: Path | str = ROOT) -> list[str]:
+    """Overrides that point a row's config at another root than `runs/refshapes` (none for the default)."""
+    root = Path(root)
+    if root == ROOT:
+        return []
+    out = [f"model.pretrained={root / BASE}", f"output_dir={root / 'rows' / row}",
+           f"stages.edit.dataset={root / EDITS}"]
+    if row == "full":
+        out.append(f"stages.synth.dataset={root / SYNTH}")
+    return out
+
+
+def _link(target: Path, link: Path) -> None:
+    target = target.expanduser().absolute()
+    if not target.is_dir():
+        raise InputError(f"{target} is not a folder")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        if link.resolve() == target.resolve():
+            return
+        raise InputError(f"{link} already exists (and is not {target}); remove it first")
+    link.symlink_to(target, target_is_directory=True)
+
+
+def prepare(root: Path | str = ROOT, data: Path | str | None = None, *, vae: Path | str | None = None,
+            edits: Path | str | None = None, synth: Path | str | None = None, base: Path | str | None = None
+            ) -> dict[str, str]:
+    """Make (or link) the rows' three inputs under `root`; what each is. Folders already there are kept."""
+    root = Path(root)
+    made: dict[str, str] = {}
+    for name, given, rel in (("edits", edits, EDITS), ("synth", synth, SYNTH), ("base", base, BASE)):
+        dest = root / rel
+        if given is not None:
+            _link(Path(given), dest)
+            made[name] = f"linked {given}"
+        elif dest.exists():
+            made[name] = "kept"
+        elif data is None:
+            raise InputError(f"{dest} is missing: give --data (the RefShapes folder) to make it, or --{name} DIR")
+        elif name == "edits":
+            from referdiffusion.study.export import export_study
+
+            summary = export_study(data, dest, progress=True)
+            made[name] = f"exported {summary.rows} rows {summary.splits}"
+        elif name == "synth":
+            from refcoco_edit.dataset.synth import SynthConfig, synth_dataset
+            from refcoco_edit.refer.reader import RefCOCO
+            from referdiffusion.study.data import DATASET, SPLIT_BY
+
+            synth_dataset(RefCOCO.load(data, DATASET, SPLIT_BY), dest, SynthConfig(), progress=True)
+            made[name] = "synthesised (train split, mask prompts, seed 0)"
+        else:
+            from referdiffusion.study.checkpoint import write_checkpoint
+            from referdiffusion.study.data import RefShapesStudy, to_tensor
+
+            images = to_tensor(RefShapesStudy(data).images("train", limit=256, seed=0))
+            note = write_checkpoint(dest, vae, scaling_images=images)
+            made[name] = f"written (VAE: {note['vae']})"
+    return made
+
+
+def run_row(row: str, root: Path | str = ROOT, max_steps: int | None = None, extra: list[str] | tuple = (),
+            progress: bool = True) -> Any:
+    """Train `row` on one torch thread, from its last checkpoint when there is one."""
+    import torch
+
+    from referdiffusion.train import load_config, train
+
+    torch.set_num_threads(1)
+    cfg = load_config(config_name(row), [*row_overrides(row, root), *extra])
+    return train(cfg, max_steps=max_steps, resume=True, progress=progress)
+
+
+def curve(run_dir: Path | str, tag: str = "train/loss") -> list[tuple[int, float]]:
+    """(step, value) of a scalar the trainer logged to TensorBoard in `run_dir/logs`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted(Path(run_dir, "logs").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags().get("scalars", []):
+            points.update({e.step: e.value for e in acc.Scalars(tag)})
+    return sorted(points.items())
+
+
+def status(root: Path | str = ROOT) -> list[dict[str, Any]]:
+    """Each row: steps done (last checkpoint) of its total, whether final/ exists, its loss curve."""
+    from referdiffusion.train import load_config
+    from referdiffusion.train.checkpoints import list_checkpoints
+
+    out = []
+    for row in ROWS:
+        cfg = load_config(config_name(row), row_overrides(row, root))
+        run_dir = Path(cfg.output_dir)
+        ckpts = list_checkpoints(run_dir) if run_dir.is_dir() else []
+        entry: dict[str, Any] = {"row": row, "config": config_name(row), "output": str(run_dir),
+                                 "total_steps": cfg.total_steps,
+                                 "checkpoint_step": int(ckpts[-1].name.split("-")[-1]) if ckpts else 0,
+                                 "final": (run_dir / "final" / "model_index.json").is_file()}
+        if run_dir.is_dir():
+            entry["loss"] = [[s, round(v, 4)] for s, v in curve(run_dir)]
+        out.append(entry)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m referdiffusion.study.rows", description=__doc__.split("\n")[0])
+    p.add_argument("--root", type=Path, default=ROOT, help=f"the rows' folder (default {ROOT})")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("prepare", help="make or link the starting checkpoint and the datasets")
+    pp.add_argument("--data", type=Path, help="the RefShapes folder (`refcoco-edit sample --out`)")
+    pp.add_argument("--vae", type=Path, help="a trained VAE folder (default: refshapes-vae when shipped, else random)")
+    for name in ("edits", "synth", "base"):
+        pp.add_argument(f"--{name}", type=Path, help=f"link this existing folder as the {name} input")
+    pr = sub.add_parser("run", help="train a row (resumes after a kill)")
+    pr.add_argument("row", choices=list(ROWS))
+    pr.add_argument("--max-steps", type=int, default=None, help="stop at this global step")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sub.add_parser("status", help="where each row is, and its loss curve")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
+    if args.cmd == "prepare":
+        print(json.dumps(prepare(args.root, args.data, vae=args.vae, edits=args.edits, synth=args.synth,
+                                 base=args.base)))
+    elif args.cmd == "run":
+        result = run_row(args.row, args.root, args.max_steps, args.overrides, progress=not args.no_progress)
+        print(json.dumps({"row": args.row, "global_step": result.global_step, "final": str(result.final)}))
+    else:
+        for entry in status(args.root):
+            loss = entry.pop("loss", [])
+            tail = ", ".join(f"{s}: {v}" for s, v in loss[-8:])
+            print(json.dumps(entry) + (f"\n  loss (last points): {tail}" if tail else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The RefShapes rows: the 128 x 96 dataset in the RefCOCO-Edit format, the starting checkpoint, the row
+configs (one budget) and a row trained, killed and resumed through `rows`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("accelerate")
+
+from refcoco_edit.dataset.io import decode_image, decode_mask, undecoded  # noqa: E402
+from refcoco_edit.errors import InputError  # noqa: E402
+from refcoco_edit.refshapes import generate  # noqa: E402
+from referdiffusion.study import data as sd  # noqa: E402
+from referdiffusion.study.export import binary_object_mask, export_study  # noqa: E402
+from tests.referdiffusion import one_torch_thread  # noqa: E402
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
+
+
+@pytest.fixture(scope="module")
+def refshapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refshapes")
+    generate(root, num_images=40, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(refshapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "edits-128"
+    summary = export_study(refshapes, out, limit=6)
+    return out, summary
+
+
+def test_binary_object_mask_keeps_half_covered_pixels_and_never_empties_a_thin_object():
+    half = np.array([[0.5, 0.49], [1.0, 0.0]], np.float32)
+    thin = np.array([[0.25, 0.0], [0.0, 0.1]], np.float32)
+    np.testing.assert_array_equal(binary_object_mask(half), [[1, 0], [1, 0]])
+    np.testing.assert_array_equal(binary_object_mask(thin), [[1, 0], [0, 1]])
+
+
+def test_exported_rows_are_the_study_data_at_128x96(refshapes, exported):
+    from refcoco_edit.dataset.io import load_refcoco_edit
+    from referdiffusion.train.data import open_dataset
+
+    out, summary = exported
+    study = sd.RefShapesStudy(refshapes)
+    assert set(summary.splits) == {sd.SPLITS[r] for r in ("train", "val", "test") if study.edits(r)}
+    assert "testB" not in summary.splits and {"train", "testA"} <= set(summary.splits)  # testB: reserve
+    assert len(open_dataset(str(out), "train")) == min(6, len(study.edits("train")))  # as the trainer reads it
+    ds = undecoded(load_refcoco_edit(str(out), split="train"))
+    for row, rec in zip(ds, study.edits("train")):
+        assert row["sample_id"] == f"refshapes-{rec.edit_id}" and row["target"] == rec.target
+        src, dst = decode_image(row["source_image"]), decode_image(row["edited_image"])
+        assert src.size == (sd.WIDTH, sd.HEIGHT)
+        np.testing.assert_array_equal(np.asarray(src), study.source(rec.image_id))
+        np.testing.assert_array_equal(np.asarray(dst), study.edited(rec))
+        edit_mask = decode_mask(row["edit_mask"])
+        np.testing.assert_array_equal(edit_mask, study.edit_mask(rec))
+        np.testing.assert_array_equal(decode_mask(row["source_mask"]), binary_object_mask(study.object_mask(rec)))
+        # the background invariant at the study's size, checked independently of the export's own check
+        np.testing.assert_array_equal(np.asarray(src)[edit_mask == 0], np.asarray(dst)[edit_mask == 0])
+        prompt = study.prompt(rec)
+        assert row["prompt"] == prompt.prompt and row["edit_spans"] == [list(s) for s in prompt.edit_spans]
+
+
+def test_exported_test_split_is_read_by_the_benchmark(exported):
+    from benchmark.run.dataset import open_selection
+
+    out, _ = exported
+    sel = open_selection(str(out), "testA")
+    assert len(sel) == 6 and set(sel.splits) == {"testA"}
+    first = sel.sample(0)
+    assert first.source_image.size == (sd.WIDTH, sd.HEIGHT) and first.edit_mask.shape == (sd.HEIGHT, sd.WIDTH)
+
+
+def test_export_refuses_unknown_roles(refshapes, tmp_path):
+    with pytest.raises(InputError, match="unknown study role"):
+        export_study(refshapes, tmp_path / "x", roles=("train", "holdout"))
+
+
+def test_starting_checkpoint_loads_and_its_parts_fit_together(tmp_path):
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+    from referdiffusion.study.checkpoint import NOISE_SCHEDULE, write_checkpoint
+    from referdiffusion.study.text_encoder import HIDDEN, MAX_TOKENS
+    from referdiffusion.study.unet import UNET_CONFIG
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 96, 128, generator=g) * 2 - 1
+    note = write_checkpoint(tmp_path / "base", scaling_images=images)
+    pipe = ReferDiffusionPipeline.from_pretrained(tmp_path / "base")
+    assert pipe.unet.config.in_channels == 2 * pipe.vae.config.latent_channels == UNET_CONFIG["in_channels"]
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == HIDDEN
+    assert pipe.rem.config.text_dim == HIDDEN and pipe.tokenizer.model_max_length == MAX_TOKENS
+    assert pipe.scheduler.config.beta_schedule == NOISE_SCHEDULE["beta_schedule"]
+    # a random VAE's scaling factor makes the latents unit-variance on the images given
+    with torch.no_grad():
+        z = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+    assert float(z.std()) == pytest.approx(1.0, rel=1e-3)
+    assert note["scaling_factor"] == pytest.approx(pipe.vae.config.scaling_factor)
+    with pytest.raises(InputError, match="not empty"):
+        write_checkpoint(tmp_path / "base")
+
+
+def test_rows_share_one_budget_and_differ_in_model_and_losses():
+    from referdiffusion.study.rows import ROWS, row_overrides
+    from referdiffusion.train import load_config
+
+    cfgs = {row: load_config(name) for row, name in ROWS.items()}
+    budget = {row: (c.total_steps, c.batch_size, c.seed, c.stages[-1].dataset, c.optim.learning_rate,
+                    c.optim.lr_scheduler, c.data.resolution, c.data.resize, c.model.pretrained)
+              for row, c in cfgs.items()}
+    assert len(set(budget.values())) == 1, budget
+    assert budget["finetune"][1] == 16 and budget["finetune"][6:8] == (128, "aspect")
+    terms = {row: (c.model.use_rem, [c.stage_loss_config(c.stages[-1]).enabled(t)
+                                     for t in ("noise", "mask", "edit", "rcl")]) for row, c in cfgs.items()}
+    assert terms == {"finetune": (False, [True, False, False, False]), "rem": (True, [True, True, True, False]),
+                     "rem_rcl": (True, [True, True, True, True]), "full": (True, [True, True, True, True])}
+    assert [s.name for s in cfgs["full"].stages] == ["synth", "edit"]
+    assert cfgs["full"].stages[0].prompt_style == "mask" and cfgs["full"].stages[0].split == "train"
+    # another root moves every input and the output
+    moved = load_config(ROWS["full"], row_overrides("full", "/x/study"))
+    assert moved.model.pretrained == "/x/study/base" and moved.output_dir == "/x/study/rows/full"
+    assert [s.dataset for s in moved.stages] == ["/x/study/data/synth", "/x/study/data/edits-128"]
+
+
+def test_a_row_trains_is_stopped_and_resumes_with_its_curve(refshapes, exported, tmp_path):
+    from referdiffusion.study import rows
+
+    out, _ = exported
+    made = rows.prepare(tmp_path, refshapes, edits=out, synth=out)
+    assert made["edits"].startswith("linked") and made["base"].startswith("written")
+    quick = ["batch_size=2", "log_every=1", "checkpointing_steps=1", "stages.edit.max_steps=3"]
+    first = rows.run_row("finetune", tmp_path, max_steps=2, extra=quick, progress=False)
+    assert first.global_step == 2
+    rest = rows.run_row("finetune", tmp_path, extra=quick, progress=False)  # as after a kill: resumes
+    assert rest.resumed_from is not None and rest.resumed_from.name == "checkpoint-2" and rest.global_step == 3
+    state = {e["row"]: e for e in rows.status(tmp_path)}
+    assert state["finetune"]["checkpoint_step"] == 3 and state["finetune"]["final"]
+    assert [s for s, _ in state["finetune"]["loss"]] == [1, 2, 3]
+    assert state["rem"]["checkpoint_step"] == 0 and not state["rem"]["final"]
