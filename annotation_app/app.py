@@ -53,6 +53,9 @@ CSS = """
   padding-top: 24px !important; }
 #annotate-candidates .caption-label { font-size: 11px; }
 #shortcut-line { font-size: 12px; }
+.study-help { font-size: 12px; line-height: 1.35; }
+.study-help ul { margin: 2px 0 0 0; padding-left: 16px; }
+.study-radio .block-title, .study-radio [data-testid="block-info"] { font-size: 12px; margin-bottom: 0; }
 """
 
 
@@ -92,12 +95,13 @@ def build_app(ctx: AppContext):
             with gr.Tab("Progress", id="progress", elem_id="tab-progress") as progress_tab:
                 progress.build(ctx, progress_tab)
             with gr.Tab("User study", id="study", elem_id="tab-study"):
-                user_study.build(ctx)
+                study = user_study.build(ctx)
             with gr.Tab("Shortcuts", id="shortcuts", elem_id="tab-shortcuts"):
                 gr.Markdown("### Keyboard shortcuts\n\n" + shortcuts_markdown())
         gr.Markdown("Shortcuts: " + " · ".join(f"Alt+{k} {what.split(' (')[0]}" for k, what, _ in SHORTCUTS)
                     + " · 1-8 choose a candidate", elem_id="shortcut-line")
         demo.load(signed_in_view(ctx), None, [who, review_tab], queue=False, api_name=False)
+        demo.load(user_study.export_view(ctx), None, [study["export"]], queue=False, api_name=False)
     demo.queue(default_concurrency_limit=16)
     return demo
 

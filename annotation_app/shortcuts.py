@@ -15,7 +15,7 @@ SHORTCUTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("N", "next item (annotate, review, user study)", ("annotate-next", "review-next", "study-next")),
     ("G", "generate candidates", ("annotate-generate",)),
     ("D", "save draft", ("annotate-save",)),
-    ("S", "submit for review", ("annotate-submit",)),
+    ("S", "submit (for review; the user study's ratings)", ("annotate-submit", "study-submit")),
     ("A", "accept", ("review-accept",)),
     ("R", "reject (with the reason typed)", ("review-reject",)),
     ("B", "send back (with the comment typed)", ("review-send-back",)),

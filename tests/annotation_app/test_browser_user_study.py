@@ -1,6 +1,9 @@
 """A rater's whole user-study session in a real headless Chromium, at a laptop's 1366x768: sign in,
-rate several items (every shown output on both questions), submit, reload the page and find the
-progress kept; then an admin exports the means, which arrive as a browser download of the CSV.
+rate several items (every shown output on both questions) and submit, every main action on the
+screen without scrolling; refusals (Submit before Next, a question left unanswered) leave the page as
+it was with the reason on the message line; reload the page and find the progress kept; the export
+section is not shown to the rater; then an admin exports the means, which arrive as a browser
+download of the CSV.
 
 Marked `browser` (skipped by the default run); Playwright and Chromium are found or installed as in
 `test_browser.py`. Full-page screenshots of every step go to `test-artifacts/browser/user_study/`
@@ -19,8 +22,12 @@ from tests.annotation_app.test_browser import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
     TIMEOUT_MS,
+    assert_in_view,
+    assert_untouched,
     ensure_browser,
     free_port,
+    picture_sources,
+    refused_in_view,
     wait_text,
 )
 from tests.annotation_app.test_user_study import METHODS, write_manifest
@@ -31,6 +38,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:.*deprecat
 USERS = {"rater1": ("annotator", "rater1-password"), "boss": ("admin", "boss-password")}
 VIEWPORT = {"width": 1366, "height": 768}
 N_ITEMS = 3
+PICTURES = ["#study-source", *[f"#study-output-{i}" for i in range(len(METHODS))]]
+# What must be on screen without scrolling while an item is rated.
+STUDY_ACTIONS = ["#study-next", "#study-progress", "#study-message", "#study-submit", "#study-prompt", *PICTURES,
+                 *[f"#study-{q}-{i}" for q in ("quality", "prompt-consistency") for i in range(len(METHODS))]]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +103,7 @@ class Shots:
     def shot(self, what: str) -> Path:
         self.n += 1
         path = self.folder / f"{self.n:02d}-{what}.png"
+        self.page.evaluate("window.scrollTo(0, 0)")  # else the sticky bar is drawn where the view was
         self.page.screenshot(path=str(path), full_page=True)
         return path
 
@@ -116,7 +128,17 @@ def choose(page, elem_id: str, score: int) -> None:
 
 def no_error_badges(page) -> None:
     """Gradio marks a failed event's outputs with "Error" badges; none may show."""
-    assert page.get_by_text("Error", exact=True).count() == 0
+    assert page.locator(".error").count() == 0 and page.get_by_text("Error", exact=True).count() == 0
+
+
+def checked(page, elem_id: str) -> list[str]:
+    """The scores chosen in a question's radio (none, or one)."""
+    return page.locator(f"#{elem_id} input:checked").evaluate_all("els => els.map(e => e.value)")
+
+
+def export_shown(page) -> bool:
+    section = page.locator("#study-export-section")
+    return section.count() > 0 and section.first.is_visible()
 
 
 def test_a_rater_session_in_chromium(chromium, server, tmp_path):
@@ -127,11 +149,20 @@ def test_a_rater_session_in_chromium(chromium, server, tmp_path):
 
     sign_in(page, url, "rater1")
     open_study(page)
-    shots.shot("study-tab")
+    # the export is for admins: the rater is not shown it
+    assert not export_shown(page) and not page.get_by_text("Export (admins)").is_visible()
+    # Submit before any item is on screen: refused on the message line, nothing marked "Error"
+    page.click("#study-submit")
+    refused_in_view(page, "#study-message", "no item on screen")
+    no_error_badges(page)
+    shots.shot("study-tab-refused-before-next")
     page.click("#study-next")
     wait_text(page, "#study-progress", f"0 of {N_ITEMS} item(s) rated")
     wait_text(page, "#study-message", "for image quality and consistency with the prompt")
     assert page.locator("#study-preservation-0").count() == 0 or not page.locator("#study-preservation-0").is_visible()
+    for sel in PICTURES:
+        page.wait_for_selector(f"{sel} img")
+    assert_in_view(page, STUDY_ACTIONS)
     shots.shot("first-item")
 
     # rate two items; slot i gets quality 5 - i and prompt consistency 1 + i, so what is stored says
@@ -142,11 +173,15 @@ def test_a_rater_session_in_chromium(chromium, server, tmp_path):
             page.wait_for_selector(f"#study-output-{i} img")
             choose(page, f"study-quality-{i}", 5 - i)
             choose(page, f"study-prompt-consistency-{i}", 1 + i)
+        assert_in_view(page, STUDY_ACTIONS)
         shots.shot(f"item-{n + 1}-scored")
         item_id = ctx.study.next_item_id("rater1")
         order = [o.method for o in ctx.study.item(item_id, "rater1").outputs]
         rated.append((item_id, order))
-        page.click("#study-submit")
+        if n == 0:
+            page.click("#study-submit")
+        else:  # Alt+S submits on this tab as on Annotate (the focus still on the last score chosen)
+            page.keyboard.press("Alt+KeyS")
         wait_text(page, "#study-message", f"Saved your ratings of item {item_id}")
         wait_text(page, "#study-progress", f"{n + 1} of {N_ITEMS} item(s) rated")
         no_error_badges(page)
@@ -167,16 +202,33 @@ def test_a_rater_session_in_chromium(chromium, server, tmp_path):
     no_error_badges(page)
     shots.shot("after-reload-progress-kept")
 
-    # submitting with an output left unscored is refused, and nothing is stored
-    choose(page, "study-quality-0", 3)
+    # submitting with a question left unanswered is refused in place: the pictures, the progress and
+    # the scores given stay as they were, the reason shows on the message line, nothing is stored
+    for i in range(len(METHODS)):
+        choose(page, f"study-quality-{i}", 3)
+    choose(page, "study-prompt-consistency-0", 4)
+    before = picture_sources(page, PICTURES)
     page.click("#study-submit")
-    wait_text(page, "#study-message", "Refused: score every output")
+    refused_in_view(page, "#study-message", "score every output for image quality and consistency")
+    assert_untouched(page, before)
+    assert [checked(page, f"study-quality-{i}") for i in range(len(METHODS))] == [["3"]] * len(METHODS)
+    assert checked(page, "study-prompt-consistency-0") == ["4"] and checked(page, "study-prompt-consistency-1") == []
+    assert "2 of 3 item(s) rated" in page.inner_text("#study-progress")
     assert len(ctx.study.ratings()) == 2 * len(METHODS)
+    assert_in_view(page, STUDY_ACTIONS)
     shots.shot("refused-incomplete")
+    # answering the rest submits the same item
+    for i in range(1, len(METHODS)):
+        choose(page, f"study-prompt-consistency-{i}", 4)
+    page.click("#study-submit")
+    wait_text(page, "#study-message", f"Saved your ratings of item {remaining}")
+    wait_text(page, "#study-message", "You have rated every item")
+    no_error_badges(page)
 
-    # the admin's export arrives as a download made in the browser
+    # the admin sees the export section; the export arrives as a download made in the browser
     sign_in(page, url, "boss")
     open_study(page)
+    page.wait_for_selector("#study-export-section", state="visible")
     page.get_by_text("Export (admins)").click()
     with page.expect_download() as download:
         page.click("#study-export")
@@ -185,5 +237,6 @@ def test_a_rater_session_in_chromium(chromium, server, tmp_path):
     assert download.value.suggested_filename.startswith("user-study-")
     assert saved.read_text() == ctx.study.export_csv()
     wait_text(page, "#study-table", "referdiffusion")
+    wait_text(page, "#study-message", "Exported the means of 3 method(s)")
     shots.shot("admin-export")
     page.close()

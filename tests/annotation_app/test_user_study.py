@@ -272,7 +272,8 @@ def page_events(ctx):
 
 def test_submit_ratings_through_gradio(ctx, tmp_path, monkeypatch):
     """Gradio's own call path (special arguments, pre- and postprocessing) with a gr.Request, as a
-    page's "Submit ratings" makes it."""
+    page's "Submit ratings" makes it; a refusal leaves every output as it was and says why on the
+    message line (an API client gets it as its error)."""
     import asyncio
 
     import gradio as gr
@@ -284,33 +285,50 @@ def test_submit_ratings_through_gradio(ctx, tmp_path, monkeypatch):
     ctx.study.import_manifest(write_manifest(tmp_path / "m", n_items=2))
     demo, events = page_events(ctx)
     state = SessionState(demo)
-    request = gr.Request(username="ann1", session_hash="s1")
+    page = gr.Request(username="ann1", session_hash="s1", headers={})
+    api = gr.Request(username="ann1", session_hash="s1", headers={"x-gradio-user": "api"})
 
-    def run(name, inputs):
+    def run(name, inputs, request=page):
         return asyncio.run(demo.process_api(events[name], inputs, state=state, request=request,
                                             session_hash="s1"))["data"]
 
+    def refused(out, message_at: int, state_at: int | None = 0) -> str:
+        """The message of a refusal on the page; every other output must be left as it was (the
+        session's state stays on the server, which sends None for it; the rating after a refusal
+        shows it kept)."""
+        kept = [i for i, o in enumerate(out) if i not in (message_at, state_at) and o != {"__type__": "update"}]
+        assert kept == [], f"outputs {kept} changed by a refusal"
+        assert out[message_at].startswith("**Refused:** ")
+        return out[message_at]
+
+    # Submit before any item is on screen
+    assert "no item on screen: press Next" in refused(run("study_rate", [None] * (1 + 3 * MAX_METHODS)), 4)
     out = run("study_next", [None])
     assert "0 of 2 item(s) rated" in out[3]
     shown = ctx.study.item(ctx.study.next_item_id("ann1"), "ann1")
     # radios: quality of slots 0..7, then prompt consistency, then preservation (hidden, not asked)
     quality = [1, 2, 3] + [None] * (MAX_METHODS - 3)
     prompt = [5, 4, 3] + [None] * (MAX_METHODS - 3)
+    # a question left unanswered for one output: refused, nothing stored
+    partial = [5, None, 3] + [None] * (MAX_METHODS - 3)
+    assert refused(run("study_rate", [None, *quality, *partial, *[None] * MAX_METHODS]), 4) == (
+        "**Refused:** score every output for image quality and consistency with the prompt before submitting")
+    assert ctx.study.ratings() == []
+    with pytest.raises(gr.Error, match="score every output"):
+        run("study_rate", [None, *quality, *partial, *[None] * MAX_METHODS], request=api)
     out = run("study_rate", [None, *quality, *prompt, *[None] * MAX_METHODS])
     assert f"Saved your ratings of item {shown.item_id}" in out[4] and "1 of 2 item(s) rated" in out[3]
     got = {r["method"]: (r["quality"], r["prompt_consistency"]) for r in ctx.study.ratings()}
     assert got == {o.method: (quality[i], prompt[i]) for i, o in enumerate(shown.outputs)}
-    # a refusal comes back as Gradio's error, with the handler's message
-    with pytest.raises(gr.Error, match="score every output"):
-        run("study_rate", [None, *quality, *[None] * (2 * MAX_METHODS)])
+    # the export: refused to an annotator on the page (where it is not shown) and at the API
+    assert "only admins may export the user study" in refused(run("study_export", []), 2, None)
     with pytest.raises(gr.Error, match="only admins"):
-        run("study_export", [])
+        run("study_export", [], request=api)
 
     # the study asks the third question from now on (an admin added an options line): the item on
     # screen must be shown again, and Next shows the question's radios
     ctx.study.set_options(preservation=True)
-    with pytest.raises(gr.Error, match="questions have changed"):
-        run("study_rate", [None, *quality, *prompt, *[None] * MAX_METHODS])
+    assert "questions have changed" in refused(run("study_rate", [None, *quality, *prompt, *[None] * MAX_METHODS]), 4)
     out = run("study_next", [None])
     first_preservation = 5 + 2 * MAX_METHODS + 2 * MAX_METHODS
     assert [u.get("visible") for u in out[first_preservation:first_preservation + MAX_METHODS]] == [True] * MAX_METHODS
@@ -319,6 +337,19 @@ def test_submit_ratings_through_gradio(ctx, tmp_path, monkeypatch):
     out = run("study_rate", [None, *quality, *prompt, *preservation])
     assert "Saved your ratings" in out[4] and "2 of 2 item(s) rated" in out[3]
     assert [r["preservation"] for r in ctx.study.ratings()].count(2) == 3 == len(ctx.study.ratings()) - 3
+
+
+def test_the_export_section_is_shown_to_admins_only(ctx):
+    import gradio as gr
+
+    from annotation_app.tabs import user_study as T
+
+    _, events = page_events(ctx)
+    assert "study_export" in events  # the section is only hidden; the handler checks the role itself
+    view = T.export_view(ctx)
+    shown = {name: view(gr.Request(username=name, session_hash="s"))["visible"] for name in ("boss", "ann1", "rev1")}
+    assert shown == {"boss": True, "ann1": False, "rev1": False}
+    assert view(gr.Request(username=None, session_hash="s"))["visible"] is False
 
 
 # ---------------------------------------------------------------- the running app, over HTTP
@@ -404,7 +435,8 @@ def test_export_goes_to_the_admin_only(served, tmp_path):
         assert "Saved your ratings" in out[3]
     assert "rated every item" in out[3]
     assert {(r["rater"], r["quality"], r["prompt_consistency"]) for r in ctx.study.ratings()} == {("ann1", 4, 2)}
-    table, csv_text = boss.predict(api_name="/study_export")
+    table, csv_text, message = boss.predict(api_name="/study_export")
+    assert message == "Exported the means of 3 method(s); the CSV downloads."
     assert csv_text == ctx.study.export_csv() and csv_text.startswith("method,ratings,items,raters,quality_mean")
     assert [r[0] for r in table["data"]] == ["ip2p", "magicbrush", "referdiffusion"]
     # the export reached the admin in the response itself: it names no file, and no file the server
