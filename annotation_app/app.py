@@ -56,6 +56,10 @@ CSS = """
 .study-help { font-size: 12px; line-height: 1.35; }
 .study-help ul { margin: 2px 0 0 0; padding-left: 16px; }
 .study-radio .block-title, .study-radio [data-testid="block-info"] { font-size: 12px; margin-bottom: 0; }
+.study-radio .wrap { gap: 2px 3px !important; }
+.study-radio label { padding: 2px 5px !important; }
+.study-radio input[type=radio] { margin: 0 !important; }
+.study-radio label span { margin-left: 4px !important; }
 """
 
 

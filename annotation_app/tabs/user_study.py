@@ -22,7 +22,7 @@ from annotation_app.handlers import user_study as H
 from annotation_app.tabs.common import call, guarded, image, prompt_box, username
 from annotation_app.user_study import MAX_METHODS, QUESTION_KEYS, QUESTIONS, SCORES, SLOT_LABELS
 
-PICTURE_HEIGHT = 210  # source and outputs: with three questions under them, one screen at 1366x768
+PICTURE_HEIGHT = 260  # source and outputs: with three questions under them, one screen at 1366x768
 PER_ROW = 4  # outputs side by side; a study with more methods shows a second row (the bar stays in view)
 # What the prompt box shows without an item (an empty box would take half the column).
 NO_PROMPT = [("The prompt of the item shows here.", None)]

@@ -12,6 +12,8 @@ Marked `browser` (skipped by the default run); Playwright and Chromium are found
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -57,9 +59,10 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, refshapes, verdicts):
-    """The app on a free loopback port, on a fresh store holding a study of three items."""
+@contextlib.contextmanager
+def serving(folder: Path, refshapes, verdicts, manifest: Path, **options: bool):
+    """The app on a free loopback port, on a fresh store in `folder` holding the study of `manifest`
+    (with the study `options`, set before the page is built); (url, ctx)."""
     from PIL import Image
 
     from annotation_app.app import configure_process, launch
@@ -68,7 +71,6 @@ def server(tmp_path_factory, refshapes, verdicts):
     from tests.annotation_app.conftest import pipeline_factory
 
     saved, saved_pixels = os.environ.get("GRADIO_TEMP_DIR"), Image.MAX_IMAGE_PIXELS
-    folder = tmp_path_factory.mktemp("study-browser")
     store_path = folder / "store.sqlite"
     with Store.open(store_path, durable=False) as store:
         for name, (role, pw) in USERS.items():
@@ -76,7 +78,9 @@ def server(tmp_path_factory, refshapes, verdicts):
     configure_process(store_path, 4096 * 4096)
     ctx = AppContext(AppConfig(store_path=store_path, durable=False), data=refshapes, verdicts=verdicts,
                      pipeline_factory=pipeline_factory)
-    ctx.study.import_manifest(write_manifest(folder / "manifest", n_items=N_ITEMS))
+    if options:
+        ctx.study.set_options(**options)
+    ctx.study.import_manifest(manifest)
     port = free_port()
     demo = launch(ctx, port=port, block=False, quiet=True)
     try:
@@ -89,6 +93,14 @@ def server(tmp_path_factory, refshapes, verdicts):
             os.environ.pop("GRADIO_TEMP_DIR", None)
         else:
             os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, refshapes, verdicts):
+    """The app holding a study of three items, three methods each, on two questions."""
+    folder = tmp_path_factory.mktemp("study-browser")
+    with serving(folder, refshapes, verdicts, write_manifest(folder / "manifest", n_items=N_ITEMS)) as served:
+        yield served
 
 
 class Shots:
@@ -240,3 +252,48 @@ def test_a_rater_session_in_chromium(chromium, server, tmp_path):
     wait_text(page, "#study-message", "Exported the means of 3 method(s)")
     shots.shot("admin-export")
     page.close()
+
+
+def photo_manifest(folder: Path, methods: list[str]) -> Path:
+    """One study item with pictures of an edit model's size (square, 256x256 noise), which fill their boxes."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in ["src", *methods]:
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    item = {"item_id": "photo", "source": "src.png", "prompt": "make the left cup red", "referring_spans": [[5, 17]],
+            "edit_spans": [[0, 4], [18, 21]], "outputs": {m: f"{m}.png" for m in methods}}
+    (folder / "study.jsonl").write_text(json.dumps(item) + "\n")
+    return folder / "study.jsonl"
+
+
+def test_four_methods_and_three_questions_fit_the_screen(chromium, tmp_path, refshapes, verdicts):
+    """The widest study one row holds: four outputs, each on all three questions, photo-sized."""
+    methods = ["ip2p", "magicbrush", "referdiffusion", "composition"]
+    with serving(tmp_path, refshapes, verdicts, photo_manifest(tmp_path / "manifest", methods),
+                 preservation=True) as (url, ctx):
+        page = chromium.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(TIMEOUT_MS)
+        shots = Shots(page, "user_study_four_methods")
+        sign_in(page, url, "rater1")
+        open_study(page)
+        page.click("#study-next")
+        wait_text(page, "#study-message", "and rest unchanged")
+        pictures = ["#study-source", *[f"#study-output-{i}" for i in range(len(methods))]]
+        for sel in pictures:
+            page.wait_for_selector(f"{sel} img")
+        radios = [f"#study-{q}-{i}" for q in ("quality", "prompt-consistency", "preservation")
+                  for i in range(len(methods))]
+        assert_in_view(page, ["#study-next", "#study-message", "#study-submit", "#study-prompt", *pictures, *radios])
+        for i in range(len(methods)):
+            for q in ("quality", "prompt-consistency", "preservation"):
+                choose(page, f"study-{q}-{i}", 2 + i % 3)
+        assert_in_view(page, ["#study-submit", "#study-message"])
+        shots.shot("four-methods-scored")
+        page.click("#study-submit")
+        wait_text(page, "#study-message", "Saved your ratings of item photo")
+        no_error_badges(page)
+        assert len(ctx.study.ratings()) == len(methods)
+        page.close()
