@@ -250,6 +250,12 @@ def test_a_rater_session_in_chromium(chromium, server, tmp_path):
     assert saved.read_text() == ctx.study.export_csv()
     wait_text(page, "#study-table", "referdiffusion")
     wait_text(page, "#study-message", "Exported the means of 3 method(s)")
+    # the bar with Next, Submit and the message stays in view when the page scrolls
+    page.locator("#study-csv").scroll_into_view_if_needed()
+    assert page.evaluate("window.scrollY") > 100
+    for sel in ("#study-next", "#study-submit", "#study-message"):
+        box = page.locator(sel).bounding_box()
+        assert 0 <= box["y"] and box["y"] + box["height"] <= 200, (sel, box)
     shots.shot("admin-export")
     page.close()
 
