@@ -9,7 +9,8 @@ folder or file, or to a Hugging Face Hub id, in this order:
    (`REFCOCO_EDIT_MODEL_IP2P`, `REFCOCO_EDIT_MODEL_CLIP_VIT_L14`);
 3. the YAML file `$REFCOCO_EDIT_CONFIG`, or else `~/.config/refcoco-edit/models.yaml`: a mapping
    `name: path-or-hub-id` (relative paths are relative to the file's folder);
-4. the built-in default Hub id, where there is one.
+4. the built-in default: a Hub id, or for the models trained here on RefShapes (`refshapes-*`) the
+   folder shipped in the package (`refcoco_edit/data/models/<name>`).
 
 `tiny-*` names skip all of that: they always resolve to a folder in `cache_dir()` holding a
 deterministic random-weight model with the real architecture, built on first use (`tiny_models`).
@@ -50,6 +51,12 @@ class ModelSpec:
     hub_id: str | None  # built-in default; None: the user must provide the model
     kind: str  # what the folder (or file) holds
     description: str
+    shipped: bool = False  # the default is the folder of that name under PACKAGED_MODELS
+
+
+# Small models trained here on RefShapes, shipped with the package (fp16 safetensors).
+PACKAGED_MODELS = Path(__file__).resolve().parent.parent / "data" / "models"
+STUDY_HINT = "it is made by the RefShapes study (docs/refshapes.md)"
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -98,6 +105,17 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         "ReferDiffusionPipeline checkpoint folder",
         "ReferDiffusion (make one with `referdiffusion init` or `referdiffusion train`)",
     ),
+    "refshapes-vae": ModelSpec(None, "diffusers AutoencoderKL", "VAE trained here on RefShapes (128x96)", True),
+    "refshapes-ip2p": ModelSpec(
+        None, "diffusers StableDiffusionInstructPix2PixPipeline",
+        "InstructPix2Pix trained here from scratch on RefShapes (the study's fine-tune row)", True),
+    "refshapes-rem": ModelSpec(
+        None, "ReferDiffusionPipeline checkpoint folder", "RefShapes study row +REM", True),
+    "refshapes-rem-rcl": ModelSpec(
+        None, "ReferDiffusionPipeline checkpoint folder", "RefShapes study row +REM +RCL", True),
+    "refshapes-referdiffusion": ModelSpec(
+        None, "ReferDiffusionPipeline checkpoint folder",
+        "ReferDiffusion trained here on RefShapes (the study's full row, with stage 1)", True),
     "tiny-sd15": ModelSpec(None, "diffusers StableDiffusionPipeline", "tiny random stand-in for sd15"),
     "tiny-ip2p": ModelSpec(
         None, "diffusers StableDiffusionInstructPix2PixPipeline", "tiny random stand-in for ip2p"
@@ -121,7 +139,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 class ResolvedModel:
     name: str
     source: str  # absolute local path, or a Hub id
-    origin: str  # "override" | "env:VAR" | "config:PATH" | "default" | "tiny"
+    origin: str  # "override" | "env:VAR" | "config:PATH" | "default" | "packaged" | "tiny"
 
     @property
     def is_local(self) -> bool:
@@ -268,6 +286,12 @@ def resolve(name: str, overrides: Mapping[str, str] | None = None, *, build: boo
     if name in config:
         return _to_source(name, config[name], f"config:{path}", base=path.parent)
     spec = MODEL_SPECS[name]
+    if spec.shipped:
+        folder = PACKAGED_MODELS / name
+        if folder.is_dir():
+            return ResolvedModel(name, str(folder), "packaged")
+        raise ModelNotAvailableError(f"model {name!r} ({spec.description}) is not shipped in this copy "
+                                     f"({folder} is missing): {STUDY_HINT}, or {how_to_set(name)}")
     if spec.hub_id:
         return ResolvedModel(name, spec.hub_id, "default")
     raise ModelNotAvailableError(f"model {name!r} ({spec.description}) has no default source: {how_to_set(name)}")

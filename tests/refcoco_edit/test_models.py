@@ -483,3 +483,20 @@ def test_building_a_tiny_model_leaves_the_global_torch_rng_alone(tmp_path):
     torch.manual_seed(1234)
     materialize("tiny-aesthetic", tmp_path)  # its builder seeds torch for its own weights
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_shipped_refshapes_models_resolve_to_the_package_folder(tmp_path, monkeypatch):
+    from refcoco_edit.errors import ModelNotAvailableError
+    from refcoco_edit.models import resolver
+
+    monkeypatch.setattr(resolver, "PACKAGED_MODELS", tmp_path)
+    monkeypatch.delenv("REFCOCO_EDIT_MODEL_REFSHAPES_VAE", raising=False)
+    monkeypatch.setenv("REFCOCO_EDIT_CONFIG", str(tmp_path / "none.yaml"))
+    with pytest.raises(ModelNotAvailableError, match=r"refshapes-vae.*not shipped.*docs/refshapes.md"):
+        resolver.resolve("refshapes-vae")
+    (tmp_path / "refshapes-vae").mkdir()
+    got = resolver.resolve("refshapes-vae")
+    assert (got.source, got.origin) == (str(tmp_path / "refshapes-vae"), "packaged")
+    other = tmp_path / "mine"
+    other.mkdir()
+    assert resolver.resolve("refshapes-vae", {"refshapes-vae": str(other)}).source == str(other)  # override wins
