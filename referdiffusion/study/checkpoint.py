@@ -72,11 +72,13 @@ def load_vae(vae: Path | str | None, random_config: VAEConfig | None = None) -> 
 
 def build_pipeline(vae: Path | str | None = None, seed: int = 0, *, unet_overrides: dict | None = None,
                    rem_overrides: dict | None = None, random_vae: VAEConfig | None = None,
-                   scaling_images: torch.Tensor | None = None) -> tuple[ReferDiffusionPipeline, dict]:
+                   scaling_images: torch.Tensor | None = None, rescale_vae: bool = False
+                   ) -> tuple[ReferDiffusionPipeline, dict]:
     """The study's starting ReferDiffusionPipeline (float32, eval mode) and a note of what it holds.
 
     The overrides change the UNet's and the REM's arguments and the random VAE's shape (the micro study
-    uses smaller ones); `scaling_images` (N x 3 x H x W in [-1, 1]) set a random VAE's scaling factor."""
+    uses smaller ones); `scaling_images` (N x 3 x H x W in [-1, 1]) set a random VAE's scaling factor, and a
+    given VAE's with `rescale_vae` (a VAE folder saved during training, before its factor was measured)."""
     import torch
 
     from refcoco_edit.models.components import sd_ddim_scheduler
@@ -87,7 +89,7 @@ def build_pipeline(vae: Path | str | None = None, seed: int = 0, *, unet_overrid
 
     vae_model, vae_from = load_vae(vae, random_vae)
     vae_model = vae_model.float()
-    if vae_from.startswith("random") and scaling_images is not None:
+    if scaling_images is not None and (rescale_vae or vae_from.startswith("random")):
         with torch.no_grad():
             std = float(vae_model.encode(scaling_images.float()).latent_dist.mean.std())
         vae_model.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the UNet's and the REM's initial weights")
     p.add_argument("--data", type=Path, default=None,
                    help="RefShapes folder: 256 train images measure a random VAE's scaling factor")
+    p.add_argument("--rescale-vae", action="store_true",
+                   help="measure the given VAE's scaling factor on --data too (a VAE saved before it was measured)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     images = None
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         from referdiffusion.study.data import RefShapesStudy, to_tensor
 
         images = to_tensor(RefShapesStudy(args.data).images("train", limit=256, seed=0))
-    print(json.dumps(write_checkpoint(args.out, args.vae, args.seed, args.overwrite, scaling_images=images)))
+    print(json.dumps(write_checkpoint(args.out, args.vae, args.seed, args.overwrite, scaling_images=images,
+                                      rescale_vae=args.rescale_vae)))
     return 0
 
 

@@ -71,8 +71,8 @@ def _link(target: Path, link: Path) -> None:
 
 
 def prepare(root: Path | str = ROOT, data: Path | str | None = None, *, vae: Path | str | None = None,
-            edits: Path | str | None = None, synth: Path | str | None = None, base: Path | str | None = None
-            ) -> dict[str, str]:
+            edits: Path | str | None = None, synth: Path | str | None = None, base: Path | str | None = None,
+            rescale_vae: bool = False) -> dict[str, str]:
     """Make (or link) the rows' three inputs under `root`; what each is. Folders already there are kept."""
     root = Path(root)
     made: dict[str, str] = {}
@@ -102,7 +102,7 @@ def prepare(root: Path | str = ROOT, data: Path | str | None = None, *, vae: Pat
             from referdiffusion.study.data import RefShapesStudy, to_tensor
 
             images = to_tensor(RefShapesStudy(data).images("train", limit=256, seed=0))
-            note = write_checkpoint(dest, vae, scaling_images=images)
+            note = write_checkpoint(dest, vae, scaling_images=images, rescale_vae=rescale_vae)
             made[name] = f"written (VAE: {note['vae']})"
     return made
 
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     pp = sub.add_parser("prepare", help="make or link the starting checkpoint and the datasets")
     pp.add_argument("--data", type=Path, help="the RefShapes folder (`refcoco-edit sample --out`)")
     pp.add_argument("--vae", type=Path, help="a trained VAE folder (default: refshapes-vae when shipped, else random)")
+    pp.add_argument("--rescale-vae", action="store_true", help="measure --vae's scaling factor on 256 train images")
     for name in ("edits", "synth", "base"):
         pp.add_argument(f"--{name}", type=Path, help=f"link this existing folder as the {name} input")
     pr = sub.add_parser("run", help="train a row (resumes after a kill)")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "prepare":
         print(json.dumps(prepare(args.root, args.data, vae=args.vae, edits=args.edits, synth=args.synth,
-                                 base=args.base)))
+                                 base=args.base, rescale_vae=args.rescale_vae)))
     elif args.cmd == "run":
         result = run_row(args.row, args.root, args.max_steps, args.overrides, progress=not args.no_progress)
         print(json.dumps({"row": args.row, "global_step": result.global_step, "final": str(result.final)}))
