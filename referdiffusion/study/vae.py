@@ -260,7 +260,15 @@ def export_fp16(vae: AutoencoderKL, folder: Path | str, scaling_factor: float) -
     half.load_state_dict({k: v.half() for k, v in vae.state_dict().items()}, assign=True)
     half.register_to_config(scaling_factor=float(scaling_factor))
     folder = Path(folder)
-    _replace_dir(folder, lambda tmp: half.save_pretrained(tmp, safe_serialization=True))
+    def write(tmp: Path) -> None:
+        half.save_pretrained(tmp, safe_serialization=True)
+        config = json.loads((tmp / "config.json").read_text())
+        config.pop("_name_or_path", None)  # the folder it was loaded from: a local path, not part of the model
+        atomic_write_json(tmp / "config.json", config, indent=2, sort_keys=True)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+
+    _replace_dir(folder, write)
     return folder
 
 

@@ -103,6 +103,7 @@ def test_fp16_export_loads_with_diffusers_and_keeps_the_scale(tmp_path):
 
     with safe_open(folder / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert "_name_or_path" not in json.loads((folder / "config.json").read_text())
     loaded = AutoencoderKL.from_pretrained(folder)
     assert loaded.config.scaling_factor == pytest.approx(scale)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
