@@ -45,6 +45,7 @@ REM_CONFIG: dict[str, Any] = {
     "image_hidden_channels": 64,
     "image_conv_layers": 2,
 }
+RANDOM = "random"  # `--vae random`: a random VAE even when refshapes-vae is shipped
 RANDOM_VAE_SCALING = 1.0  # a random VAE's factor when no images are given to measure it
 # Stable Diffusion's noise schedule (the scheduler configs of SD 1.5 and InstructPix2Pix)
 NOISE_SCHEDULE: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -53,13 +54,17 @@ NOISE_SCHEDULE: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.0
 
 def load_vae(vae: Path | str | None, random_config: VAEConfig | None = None) -> tuple[AutoencoderKL, str]:
     """The VAE to use and where it came from: `vae` (a diffusers folder), else the shipped `refshapes-vae`,
-    else a fresh random one of `random_config`'s shape (default: `vae.VAEConfig`, refshapes-vae's)."""
+    else a fresh random one; `vae="random"` or a `random_config` asks for a random one of that shape
+    (default: `vae.VAEConfig`, refshapes-vae's)."""
     import torch
     from diffusers import AutoencoderKL
 
     from referdiffusion.study.vae import VAEConfig, build_vae
 
-    path = Path(vae) if vae is not None else (SHIPPED_VAE if (SHIPPED_VAE / "config.json").is_file() else None)
+    if vae == RANDOM or random_config is not None:
+        path = None
+    else:
+        path = Path(vae) if vae is not None else (SHIPPED_VAE if (SHIPPED_VAE / "config.json").is_file() else None)
     if path is not None:
         if not (path / "config.json").is_file():
             raise InputError(f"--vae {path}: not a diffusers AutoencoderKL folder (no config.json)")
@@ -139,8 +144,9 @@ def write_checkpoint(out: Path | str, vae: Path | str | None = None, seed: int =
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m referdiffusion.study.checkpoint", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
-    p.add_argument("--vae", type=Path, default=None,
-                   help=f"a diffusers AutoencoderKL folder (default: {SHIPPED_VAE} when present, else a random one)")
+    p.add_argument("--vae", default=None,
+                   help=f"a diffusers AutoencoderKL folder, or 'random' (default: {SHIPPED_VAE} when present, "
+                        "else a random one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the UNet's and the REM's initial weights")
     p.add_argument("--data", type=Path, default=None,
                    help="RefShapes folder: 256 train images measure a random VAE's scaling factor")

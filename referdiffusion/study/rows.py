@@ -152,13 +152,54 @@ def status(root: Path | str = ROOT) -> list[dict[str, Any]]:
     return out
 
 
+def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "val", limit: int | None = 64,
+                        steps: int = 20, guidance_scale: float = 7.5, image_guidance_scale: float = 1.5,
+                        batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
+    """The study's foreground and background scores (`evaluate.score`) of a checkpoint's edits of `role`
+    (a seeded subset of `limit` edits, as `evaluate` draws it), sampled by the pipeline at the study's size.
+
+    For watching a row (on val); the study's final numbers come from `rie-bench run` on the test split."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+    from referdiffusion.study.data import RefShapesStudy, batches
+    from referdiffusion.study.evaluate import score, summary
+
+    if role == "test":
+        raise InputError("rows eval reads val (selection); the test split is for the final evaluation only")
+    torch.set_num_threads(1)
+    study = RefShapesStudy(data)
+    records = study.edits(role)
+    if limit is not None and limit < len(records):
+        keep = np.random.default_rng(0).choice(len(records), size=limit, replace=False)
+        records = [records[k] for k in sorted(keep)]
+    pipe = ReferDiffusionPipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    outputs: dict[int, np.ndarray] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for sl in batches(len(records), batch_size):
+        chunk = records[sl]
+        images = [Image.fromarray(study.source(r.image_id)) for r in chunk]
+        prompts = [study.prompt(r).prompt for r in chunk]
+        with torch.no_grad():
+            result = pipe(prompt=prompts, image=images, num_inference_steps=steps, guidance_scale=guidance_scale,
+                          image_guidance_scale=image_guidance_scale, generator=generator)
+        for r, im in zip(chunk, result.images):
+            outputs[r.edit_id] = np.asarray(im.convert("RGB"))
+    scores = summary(score(study, records, lambda src, r: outputs[r.edit_id]))
+    return {"checkpoint": str(checkpoint), "role": role, "edits": len(records), "steps": steps,
+            "guidance": [guidance_scale, image_guidance_scale], **scores}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m referdiffusion.study.rows", description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, default=ROOT, help=f"the rows' folder (default {ROOT})")
     sub = p.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare", help="make or link the starting checkpoint and the datasets")
     pp.add_argument("--data", type=Path, help="the RefShapes folder (`refcoco-edit sample --out`)")
-    pp.add_argument("--vae", type=Path, help="a trained VAE folder (default: refshapes-vae when shipped, else random)")
+    pp.add_argument("--vae", help="a trained VAE folder or 'random' (default: refshapes-vae when shipped, else random)")
     pp.add_argument("--rescale-vae", action="store_true", help="measure --vae's scaling factor on 256 train images")
     for name in ("edits", "synth", "base"):
         pp.add_argument(f"--{name}", type=Path, help=f"link this existing folder as the {name} input")
@@ -168,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--no-progress", action="store_true")
     pr.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sub.add_parser("status", help="where each row is, and its loss curve")
+    pe = sub.add_parser("eval", help="score a checkpoint's edits of val (fg_agreement, fg_psnr, bg_psnr)")
+    pe.add_argument("checkpoint", type=Path)
+    pe.add_argument("--data", type=Path, required=True, help="the RefShapes folder")
+    pe.add_argument("--limit", type=int, default=64)
+    pe.add_argument("--steps", type=int, default=20)
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "prepare":
@@ -176,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "run":
         result = run_row(args.row, args.root, args.max_steps, args.overrides, progress=not args.no_progress)
         print(json.dumps({"row": args.row, "global_step": result.global_step, "final": str(result.final)}))
+    elif args.cmd == "eval":
+        print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, limit=args.limit, steps=args.steps)))
     else:
         for entry in status(args.root):
             loss = entry.pop("loss", [])

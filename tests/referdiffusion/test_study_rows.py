@@ -89,7 +89,7 @@ def test_starting_checkpoint_loads_and_its_parts_fit_together(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 96, 128, generator=g) * 2 - 1
-    note = write_checkpoint(tmp_path / "base", scaling_images=images)
+    note = write_checkpoint(tmp_path / "base", vae="random", scaling_images=images)
     pipe = ReferDiffusionPipeline.from_pretrained(tmp_path / "base")
     assert pipe.unet.config.in_channels == 2 * pipe.vae.config.latent_channels == UNET_CONFIG["in_channels"]
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == HIDDEN
@@ -102,6 +102,17 @@ def test_starting_checkpoint_loads_and_its_parts_fit_together(tmp_path):
     assert note["scaling_factor"] == pytest.approx(pipe.vae.config.scaling_factor)
     with pytest.raises(InputError, match="not empty"):
         write_checkpoint(tmp_path / "base")
+
+
+def test_starting_checkpoint_takes_the_shipped_vae_when_there_is_one(tmp_path):
+    from referdiffusion.study.checkpoint import SHIPPED_VAE, load_vae
+
+    if not (SHIPPED_VAE / "config.json").is_file():
+        pytest.skip("refshapes-vae is not shipped in this checkout")
+    vae, where = load_vae(None)
+    assert where == str(SHIPPED_VAE) and vae.dtype == torch.float32
+    assert vae.config.scaling_factor != 0.18215  # its own measured factor, not Stable Diffusion's
+    assert load_vae("random")[1].startswith("random")
 
 
 def test_rows_share_one_budget_and_differ_in_model_and_losses():
@@ -141,3 +152,9 @@ def test_a_row_trains_is_stopped_and_resumes_with_its_curve(refshapes, exported,
     assert state["finetune"]["checkpoint_step"] == 3 and state["finetune"]["final"]
     assert [s for s, _ in state["finetune"]["loss"]] == [1, 2, 3]
     assert state["rem"]["checkpoint_step"] == 0 and not state["rem"]["final"]
+    # a checkpoint's edits of val scored with the study's metrics; the test split is refused
+    scores = rows.evaluate_checkpoint(rest.final, refshapes, role="train", limit=2, steps=2, batch_size=2)
+    assert scores["edits"] == 2 and set(scores) >= {"fg_agreement", "fg_psnr", "bg_psnr"}
+    assert 0 <= scores["fg_agreement"]["mean"] <= 1 and scores["bg_psnr"]["n"] == 2
+    with pytest.raises(InputError, match="test split"):
+        rows.evaluate_checkpoint(rest.final, refshapes, role="test")
