@@ -331,3 +331,37 @@ def load_latent_cache(path: Path | str, vae: AutoencoderKL | None = None) -> Lat
     if vae is not None and cache.fingerprint != _fingerprint(vae):
         raise DataError(f"{path} was built by another VAE; rebuild it")
     return cache
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m referdiffusion.study.data",
+                                description="RefShapes study data: split sizes and the latent cache")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("counts", help="images and edits per study split")
+    c.add_argument("--data", type=Path, required=True)
+    k = sub.add_parser("cache", help="encode sources and edits with a VAE (train and val; test is read only "
+                                     "by the final evaluation)")
+    k.add_argument("--data", type=Path, required=True)
+    k.add_argument("--vae", type=Path, required=True, help="AutoencoderKL folder (refshapes-vae)")
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--roles", nargs="+", default=["train", "val"], choices=["train", "val"])
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    study = RefShapesStudy(args.data)
+    if args.cmd == "counts":
+        print(json.dumps(study.counts()))
+        return 0
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.set_num_threads(1)
+    vae = AutoencoderKL.from_pretrained(args.vae).float().eval()
+    for role in args.roles:
+        print(build_latent_cache(study, vae, role, args.out, progress=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
