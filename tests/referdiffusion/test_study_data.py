@@ -98,3 +98,14 @@ def test_latent_cache_round_trip_and_vae_check(study, tmp_path):
     other = build_vae(VAEConfig(block_out_channels=(16, 16), steps=1, seed=1))
     with pytest.raises(DataError, match="another VAE"):
         sd.load_latent_cache(path, other)
+
+
+def test_counts_command(capsys):
+    import json
+
+    from refcoco_edit.refshapes import sample_root
+
+    assert sd.main(["counts", "--data", str(sample_root())]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert set(counts) == {"train", "val", "test", "reserve"}
+    assert counts["test"] == {"images": 8, "edits": 45}  # the committed 40-image sample: test is testA
