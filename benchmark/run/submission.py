@@ -6,7 +6,7 @@ Rules, each broken one reported with the samples it concerns (all of them, then 
   with characters outside [A-Za-z0-9._-] are percent-encoded in file names (`folder.output_name`);
 - each output is a file inside the folder (not a link to a file elsewhere), within the pixel limit
   (`refcoco_edit.imaging.files`, checked from the header before decoding), readable (not truncated:
-  Pillow's checks pass) and 8-bit RGB (no alpha, no grey, no palette);
+  Pillow's checks pass and it decodes) and 8-bit RGB (no alpha, no grey, no palette);
 - each output has the source's size, or the same aspect ratio within 10% (a model's working size,
   e.g. 512x384 for 640x480); such outputs are resized to the source's size at scoring (bicubic) and
   counted in the report.
@@ -84,7 +84,9 @@ def check_image(path: Path, size: tuple[int, int]) -> tuple[str | None, bool]:
     try:
         with open_image(path, what="output", mode=None, load=False) as im:
             mode, (w, h) = im.mode, im.size
-            im.verify()
+            im.verify()  # chunk checksums
+        with open_image(path, what="output", mode=None, load=False) as im:
+            im.load()  # verify() passes a file whose data ends early; only decoding finds it
     except DataError as exc:  # over the pixel limit, or not an image
         return f"cannot be read ({exc})", False
     except Exception as exc:  # noqa: BLE001 - any failure to decode is the problem reported
