@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from refcoco_edit.errors import DataError, InputError
-from refcoco_edit.imaging.files import inside, open_image
+from refcoco_edit.imaging.files import check_whole, inside
 from refcoco_edit.io import atomic_path, atomic_write_text, dumps
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ def remove_stale_temporaries(outputs: Path, names: set[str]) -> int:
 
 
 def png_is_whole(path: Path) -> bool:
-    """True when `path` is a PNG within the pixel limit that opens and passes Pillow's chunk checks (not
-    truncated), and not a link to a file outside its folder (such a file is generated again, which
+    """True when `path` is a whole PNG (`check_whole`: within the pixel limit, checksums right, decoding
+    to the end) and not a link to a file outside its folder (such a file is generated again, which
     replaces the link)."""
     try:
         inside(path.parent, path.name)
@@ -97,9 +97,8 @@ def png_is_whole(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        with open_image(path, mode=None, load=False, formats=["PNG"]) as im:
-            im.verify()
-    except Exception:  # noqa: BLE001 - any failure means "regenerate"
+        check_whole(path, formats=["PNG"])
+    except DataError:
         return False
     return True
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmark.run.folder import OUTPUTS, output_name
 from refcoco_edit.errors import DataError, InputError
-from refcoco_edit.imaging.files import inside, open_image
+from refcoco_edit.imaging.files import check_whole, inside
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
@@ -82,15 +82,9 @@ def check_image(path: Path, size: tuple[int, int]) -> tuple[str | None, bool]:
 
     The size is checked against the pixel limit from the header, before any pixel is read."""
     try:
-        with open_image(path, what="output", mode=None, load=False) as im:
-            mode, (w, h) = im.mode, im.size
-            im.verify()  # chunk checksums
-        with open_image(path, what="output", mode=None, load=False) as im:
-            im.load()  # verify() passes a file whose data ends early; only decoding finds it
-    except DataError as exc:  # over the pixel limit, or not an image
+        mode, (w, h) = check_whole(path, what="output")
+    except DataError as exc:  # over the pixel limit, not an image, or not decoding to the end
         return f"cannot be read ({exc})", False
-    except Exception as exc:  # noqa: BLE001 - any failure to decode is the problem reported
-        return f"cannot be read ({type(exc).__name__}: {exc})", False
     if mode != "RGB":
         what = "has an alpha channel" if "A" in mode else "is not 8-bit RGB"
         return f"{what} (mode {mode}); save it as an RGB image", False

@@ -99,3 +99,23 @@ def open_image(source: Path | str | bytes, *, what: str | None = None, mode: str
     converted = im.convert(mode)
     im.close()
     return converted
+
+
+def check_whole(
+    path: Path | str, *, what: str | None = None, formats: list[str] | None = None
+) -> tuple[str, tuple[int, int]]:
+    """(mode, (width, height)) of an image file that is whole: within the pixel limit, chunk checksums
+    right (Pillow's verify) and decoding to the end (verify alone passes a file whose data ends early).
+    Raises DataError naming `what` otherwise."""
+    name = what or str(path)
+    try:
+        with open_image(path, what=what, mode=None, load=False, formats=formats) as im:
+            mode, size = im.mode, im.size
+            im.verify()
+        with open_image(path, what=what, mode=None, load=False, formats=formats) as im:
+            im.load()
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to check or decode means the file is not whole
+        raise DataError(f"{name}: not a readable image: {type(exc).__name__}: {exc}") from None
+    return mode, size

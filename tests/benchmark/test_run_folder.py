@@ -19,3 +19,18 @@ def test_leftovers_of_a_killed_atomic_write_are_recognised(tmp_path):
     assert not leftovers[ours].exists() and leftovers[theirs].exists()
     assert remove_stale_temporaries(tmp_path, {output_name(theirs)}) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_a_cached_output_whose_data_ends_early_is_not_whole(tmp_path):
+    """Checksums right but the image data cut short: Pillow's verify() passes it, decoding does not;
+    a resumed run must generate it again rather than score it."""
+    from benchmark.run.folder import png_is_whole
+
+    cut = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\n\x00\x00\x00\x08\x08\x02\x00\x00\x00O\x98"
+           b"\xf9\xe1\x00\x00\x00\x0cIDATx\x9cc`\xa0\x0c\x00\x00\x00@\x00\x01\xb74|\xef\x00\x00\x00\x00IEND")
+    (tmp_path / "a.png").write_bytes(cut)
+    assert not png_is_whole(tmp_path / "a.png")
+    from PIL import Image
+
+    Image.new("RGB", (10, 8)).save(tmp_path / "b.png")
+    assert png_is_whole(tmp_path / "b.png")
