@@ -28,6 +28,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from refcoco_edit.errors import InputError, ModelNotAvailableError
@@ -90,6 +91,8 @@ class Method:
         if size is not None and int(size) < 8:
             raise InputError(f"size must be at least 8, got {size}")
         self.steps = int(steps) if steps is not None else self.default_steps
+        if size is None:  # a model trained here records its size: run it at that size
+            size = self._trained_size()
         self.size = int(size) if size is not None else self.default_size
         self.progress = progress
         self.options = parse_options(type(self), options)
@@ -108,6 +111,24 @@ class Method:
             return model
         self.overrides[self.default_model] = model
         return self.default_model
+
+    def _trained_size(self) -> int | None:
+        """The longer side the model was trained at, from the training manifest in its local folder
+        (written by `referdiffusion train`); None for anything else (Hub ids, models without one)."""
+        if self.model_name is None:
+            return None
+        from refcoco_edit.errors import RefcocoEditError
+        from refcoco_edit.models.resolver import resolve
+
+        try:
+            resolved = resolve(self.model_name, self.overrides, build=False)
+        except RefcocoEditError:  # unavailable: availability() says why when the run starts
+            return None
+        if not resolved.is_local or not Path(resolved.source).is_dir():
+            return None
+        from referdiffusion.train.manifest import trained_size
+
+        return trained_size(resolved.source, default=None)
 
     # ---- life cycle
     def availability(self) -> str | None:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from referdiffusion.train.manifest import trained_size
 
     # the picture as training and `rie-bench run` give it to the model (one preprocessing protocol)
-    image = protocol_image(open_image(args.image), args.size or trained_size(model))
+    image = protocol_image(open_image(args.image), args.size or trained_size(model) or 512)
 
     import torch
 

@@ -144,7 +144,7 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
     return data
 
 
-def trained_size(folder: Path | str, default: int = 512) -> int:
+def trained_size(folder: Path | str, default: int | None = 512) -> int | None:
     """The longer side a checkpoint was trained at (its manifest's preprocessing), so that editing and
     evaluation feed it pictures of that size; `default` (the protocol's 512) without a manifest."""
     manifest = read_manifest(folder)

@@ -367,3 +367,21 @@ def test_blended_edits_inside_the_ground_truth_mask_with_p_e(method_runs, bench_
 
         far = dilate(np.asarray(sample.source_mask), 12) == 0
         assert np.abs(out - src)[far].max() == 0
+
+
+def test_a_model_trained_here_runs_at_its_training_size_without_size(tiny_cache, tmp_path):
+    """A folder with the training manifest `referdiffusion train` writes sets the method's working
+    size; --size still wins; models without one keep the method's default."""
+    import shutil
+
+    from benchmark.methods import create_method
+    from refcoco_edit.models.resolver import resolve
+    from referdiffusion.train.manifest import MANIFEST_SCHEMA, write_manifest
+
+    folder = tmp_path / "trained"
+    shutil.copytree(resolve("tiny-ip2p").source, folder)
+    write_manifest(folder / "training_manifest.json", {"schema": MANIFEST_SCHEMA, "preprocess": {"size": 128}})
+    assert create_method("ip2p", model=str(folder)).size == 128
+    assert create_method("ip2p", model=str(folder)).config()["size"] == 128
+    assert create_method("ip2p", model=str(folder), size=64).size == 64
+    assert create_method("ip2p", model="tiny-ip2p").size == 512
