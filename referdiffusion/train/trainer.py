@@ -131,6 +131,12 @@ class Trainer:
         self._saved_step: int | None = None  # the step of the last checkpoint this run wrote or resumed from
 
     def run(self) -> TrainResult:
+        from refcoco_edit.models.components import quiet_libraries
+
+        with quiet_libraries(not self.progress):  # no loading or saving bars from the libraries
+            return self._run_with_accelerator()
+
+    def _run_with_accelerator(self) -> TrainResult:
         from accelerate.state import AcceleratorState, GradientState
 
         resume_from = resume_point(self.output_dir, self.resume)

@@ -290,3 +290,10 @@ def test_train_help_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "--resume" in out.stdout and "+rem+rcl" in out.stdout
     assert "HEAVY []" in out.stdout
+
+
+def test_no_library_bars_without_progress(tiny_cache, tmp_path, capfd):
+    """progress=False (--no-progress) silences the libraries' loading and saving bars too."""
+    train(_tiny("checkpointing_steps=1", synth=1, edit=1), output_dir=tmp_path / "run", progress=False)
+    err = capfd.readouterr().err
+    assert "it/s]" not in err and "Loading pipeline components" not in err, err[-500:]
