@@ -122,3 +122,19 @@ def inside_pixel(ctx, image_id: int, ann_id: int) -> tuple[int, int]:
         if hit is not None and hit.ann_id == ann_id:
             return x, y
     raise AssertionError(f"no pixel selects object {ann_id}")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium for the browser tests (skipped without Playwright and Chromium)."""
+    from tests.annotation_app.test_browser import CHROMIUM_FLAGS, ensure_browser
+
+    path, why = ensure_browser()
+    if path is None:
+        pytest.skip(f"browser tests need Playwright and Chromium: {why}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()

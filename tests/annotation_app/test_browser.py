@@ -103,19 +103,6 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    path, why = ensure_browser()
-    if path is None:
-        pytest.skip(f"browser tests need Playwright and Chromium: {why}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_cache):
     """The app on a free loopback port, on a fresh store, with the tiny SD 1.5 for region edits."""
     from annotation_app.app import configure_process, launch

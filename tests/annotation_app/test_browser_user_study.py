@@ -15,18 +15,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.annotation_app.test_browser import (
-    ARTIFACTS,
-    CHROMIUM_FLAGS,
     TIMEOUT_MS,
+    Steps,
     assert_in_view,
     assert_untouched,
-    ensure_browser,
     free_port,
     picture_sources,
     refused_in_view,
@@ -44,19 +41,6 @@ PICTURES = ["#study-source", *[f"#study-output-{i}" for i in range(len(METHODS))
 # What must be on screen without scrolling while an item is rated.
 STUDY_ACTIONS = ["#study-next", "#study-progress", "#study-message", "#study-submit", "#study-prompt", *PICTURES,
                  *[f"#study-{q}-{i}" for q in ("quality", "prompt-consistency") for i in range(len(METHODS))]]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path, why = ensure_browser()
-    if path is None:
-        pytest.skip(f"browser tests need Playwright and Chromium: {why}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
 
 
 @contextlib.contextmanager
@@ -103,23 +87,6 @@ def server(tmp_path_factory, refshapes, verdicts):
         yield served
 
 
-class Shots:
-    """Numbered full-page screenshots of one session."""
-
-    def __init__(self, page, name: str) -> None:
-        self.page, self.n = page, 0
-        self.folder = ARTIFACTS / name
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def shot(self, what: str) -> Path:
-        self.n += 1
-        path = self.folder / f"{self.n:02d}-{what}.png"
-        self.page.evaluate("window.scrollTo(0, 0)")  # else the sticky bar is drawn where the view was
-        self.page.screenshot(path=str(path), full_page=True)
-        return path
-
-
 def sign_in(page, url: str, user: str) -> None:
     page.goto(url + "/logout")
     page.goto(url + "/")
@@ -157,7 +124,7 @@ def test_a_rater_session_in_chromium(chromium, server, tmp_path):
     url, ctx = server
     page = chromium.new_page(viewport=VIEWPORT, accept_downloads=True)
     page.set_default_timeout(TIMEOUT_MS)
-    shots = Shots(page, "user_study")
+    shots = Steps(page, "user_study")
 
     sign_in(page, url, "rater1")
     open_study(page)
@@ -282,7 +249,7 @@ def test_four_methods_and_three_questions_fit_the_screen(chromium, tmp_path, ref
                  preservation=True) as (url, ctx):
         page = chromium.new_page(viewport=VIEWPORT)
         page.set_default_timeout(TIMEOUT_MS)
-        shots = Shots(page, "user_study_four_methods")
+        shots = Steps(page, "user_study_four_methods")
         sign_in(page, url, "rater1")
         open_study(page)
         page.click("#study-next")
