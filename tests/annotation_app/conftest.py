@@ -3,8 +3,12 @@ pipelines that need no weights (OpenCV removal for real, a fake painter for the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,3 +142,44 @@ def chromium():
         browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(store_path: Path, users: dict[str, tuple[str, str]], *, prepare: Callable[[Any], None] | None = None,
+              config: dict[str, Any] | None = None, **ctx_kwargs: Any) -> Iterator[tuple[str, Any, Path]]:
+    """The app as `refcoco-edit app` serves it, on a free loopback port, over a fresh store at
+    `store_path` holding `users` ({name: (role, password)}); `prepare(ctx)` runs before the page is
+    built. Yields (url without a trailing slash, ctx, Gradio's file folder) and afterwards puts back
+    what `configure_process` changed for the whole process (PIL's pixel limit, GRADIO_TEMP_DIR)."""
+    from PIL import Image
+
+    from annotation_app.app import configure_process, launch
+    from annotation_app.context import AppConfig, AppContext
+    from refcoco_edit.store import Store
+
+    saved, saved_pixels = os.environ.get("GRADIO_TEMP_DIR"), Image.MAX_IMAGE_PIXELS
+    with Store.open(store_path, durable=False) as store:
+        for name, (role, pw) in users.items():
+            store.add_user(name, role, pw)
+    cache = configure_process(store_path, 4096 * 4096)
+    ctx = AppContext(AppConfig(store_path=store_path, durable=False, **(config or {})), **ctx_kwargs)
+    if prepare is not None:
+        prepare(ctx)
+    port = free_port()
+    demo = launch(ctx, port=port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}", ctx, cache
+    finally:
+        demo.close()
+        ctx.close()
+        Image.MAX_IMAGE_PIXELS = saved_pixels
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved

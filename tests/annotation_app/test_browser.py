@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -96,44 +95,15 @@ def ensure_browser() -> tuple[str | None, str]:
     return chromium, ""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_cache):
     """The app on a free loopback port, on a fresh store, with the tiny SD 1.5 for region edits."""
-    from annotation_app.app import configure_process, launch
-    from annotation_app.context import AppConfig, AppContext
-    from refcoco_edit.store import Store
+    from tests.annotation_app.conftest import serve_app
 
-    saved = {k: os.environ.get(k) for k in ("GRADIO_TEMP_DIR",)}
-    from PIL import Image
-
-    saved_pixels = Image.MAX_IMAGE_PIXELS  # configure_process changes it for the whole process
-    store_path = tmp_path_factory.mktemp("app") / "store.sqlite"
-    with Store.open(store_path, durable=False) as store:
-        for name, (role, pw) in USERS.items():
-            store.add_user(name, role, pw)
-    configure_process(store_path, 4096 * 4096)
-    ctx = AppContext(AppConfig(store_path=store_path, durable=False, default_steps=4, max_candidates=4,
-                               pipeline_models={"region_edit": "tiny-sd15", "composition": "tiny-paint-by-example",
-                                                "inpaint": "tiny-sd-inpaint"}))
-    port = free_port()
-    demo = launch(ctx, port=port, block=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}", ctx
-    finally:
-        demo.close()
-        ctx.close()
-        Image.MAX_IMAGE_PIXELS = saved_pixels
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    models = {"region_edit": "tiny-sd15", "composition": "tiny-paint-by-example", "inpaint": "tiny-sd-inpaint"}
+    config = {"default_steps": 4, "max_candidates": 4, "pipeline_models": models}
+    with serve_app(tmp_path_factory.mktemp("app") / "store.sqlite", USERS, config=config) as (url, ctx, _):
+        yield url, ctx
 
 
 class Steps:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from tests.annotation_app.test_browser import (
     Steps,
     assert_in_view,
     assert_untouched,
-    free_port,
     picture_sources,
     refused_in_view,
     wait_text,
@@ -47,36 +45,16 @@ STUDY_ACTIONS = ["#study-next", "#study-progress", "#study-message", "#study-sub
 def serving(folder: Path, refshapes, verdicts, manifest: Path, **options: bool):
     """The app on a free loopback port, on a fresh store in `folder` holding the study of `manifest`
     (with the study `options`, set before the page is built); (url, ctx)."""
-    from PIL import Image
+    from tests.annotation_app.conftest import pipeline_factory, serve_app
 
-    from annotation_app.app import configure_process, launch
-    from annotation_app.context import AppConfig, AppContext
-    from refcoco_edit.store import Store
-    from tests.annotation_app.conftest import pipeline_factory
+    def prepare(ctx) -> None:
+        if options:
+            ctx.study.set_options(**options)
+        ctx.study.import_manifest(manifest)
 
-    saved, saved_pixels = os.environ.get("GRADIO_TEMP_DIR"), Image.MAX_IMAGE_PIXELS
-    store_path = folder / "store.sqlite"
-    with Store.open(store_path, durable=False) as store:
-        for name, (role, pw) in USERS.items():
-            store.add_user(name, role, pw)
-    configure_process(store_path, 4096 * 4096)
-    ctx = AppContext(AppConfig(store_path=store_path, durable=False), data=refshapes, verdicts=verdicts,
-                     pipeline_factory=pipeline_factory)
-    if options:
-        ctx.study.set_options(**options)
-    ctx.study.import_manifest(manifest)
-    port = free_port()
-    demo = launch(ctx, port=port, block=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}", ctx
-    finally:
-        demo.close()
-        ctx.close()
-        Image.MAX_IMAGE_PIXELS = saved_pixels
-        if saved is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved
+    with serve_app(folder / "store.sqlite", USERS, prepare=prepare, data=refshapes, verdicts=verdicts,
+                   pipeline_factory=pipeline_factory) as (url, ctx, _):
+        yield url, ctx
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@ the server-side refusals a page could be bypassed for (wrong role, no sign-in, a
 
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
 import pytest
 
@@ -15,42 +12,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*")
 USERS = {"ann1": ("annotator", "ann1-password"), "rev1": ("reviewer", "rev1-password")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, refshapes, verdicts):
-    from annotation_app.app import configure_process, launch
-    from annotation_app.context import AppConfig, AppContext
-    from refcoco_edit.store import Store
-    from tests.annotation_app.conftest import pipeline_factory
+    from tests.annotation_app.conftest import pipeline_factory, serve_app
 
-    saved = os.environ.get("GRADIO_TEMP_DIR")
-    from PIL import Image
-
-    saved_pixels = Image.MAX_IMAGE_PIXELS  # configure_process changes it for the whole process
     path = tmp_path_factory.mktemp("http") / "store.sqlite"
-    with Store.open(path, durable=False) as store:
-        for name, (role, pw) in USERS.items():
-            store.add_user(name, role, pw)
-    cache = configure_process(path, 4096 * 4096)
-    ctx = AppContext(AppConfig(store_path=path, durable=False), data=refshapes, verdicts=verdicts,
-                     pipeline_factory=pipeline_factory)
-    port = free_port()
-    demo = launch(ctx, port=port, block=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", ctx, cache
-    finally:
-        demo.close()
-        ctx.close()
-        Image.MAX_IMAGE_PIXELS = saved_pixels
-        if saved is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved
+    with serve_app(path, USERS, data=refshapes, verdicts=verdicts, pipeline_factory=pipeline_factory) as (
+            url, ctx, cache):
+        yield url + "/", ctx, cache
 
 
 def client(url: str, user: str):

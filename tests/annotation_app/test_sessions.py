@@ -25,8 +25,7 @@ USERS = {"ann1": ("annotator", "ann1-password"), "ann2": ("annotator", "ann2-pas
 def server(tmp_path_factory, refshapes, verdicts):
     from annotation_app.app import launch
     from annotation_app.context import AppConfig, AppContext
-    from tests.annotation_app.conftest import pipeline_factory
-    from tests.annotation_app.test_http_api import free_port
+    from tests.annotation_app.conftest import free_port, pipeline_factory
 
     path = tmp_path_factory.mktemp("sessions") / "store.sqlite"
     with Store.open(path, durable=False) as store:

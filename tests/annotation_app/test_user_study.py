@@ -360,38 +360,12 @@ SERVED_USERS = {"boss": ("admin", "boss-password"), "ann1": ("annotator", "ann1-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, refshapes, verdicts):
     """The app on a free loopback port with an admin and two annotators; (url, ctx, Gradio's folder)."""
-    import os
-    import socket
+    from tests.annotation_app.conftest import pipeline_factory, serve_app
 
-    from PIL import Image
-
-    from annotation_app.app import configure_process, launch
-    from annotation_app.context import AppConfig, AppContext
-    from refcoco_edit.store import Store
-    from tests.annotation_app.conftest import pipeline_factory
-
-    saved, saved_pixels = os.environ.get("GRADIO_TEMP_DIR"), Image.MAX_IMAGE_PIXELS
     path = tmp_path_factory.mktemp("study-http") / "store.sqlite"
-    with Store.open(path, durable=False) as store:
-        for name, (role, pw) in SERVED_USERS.items():
-            store.add_user(name, role, pw)
-    cache = configure_process(path, 4096 * 4096)
-    ctx = AppContext(AppConfig(store_path=path, durable=False), data=refshapes, verdicts=verdicts,
-                     pipeline_factory=pipeline_factory)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = launch(ctx, port=port, block=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", ctx, cache
-    finally:
-        demo.close()
-        ctx.close()
-        Image.MAX_IMAGE_PIXELS = saved_pixels
-        if saved is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved
+    with serve_app(path, SERVED_USERS, data=refshapes, verdicts=verdicts, pipeline_factory=pipeline_factory) as (
+            url, ctx, cache):
+        yield url + "/", ctx, cache
 
 
 def signed_in(url: str, user: str):
