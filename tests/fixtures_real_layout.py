@@ -121,19 +121,7 @@ def _safety_parts(out: Path) -> None:
 def save_real_layout(name: str, out: Path, *, fp16: Iterable[str] = DEFAULT_FP16, scheduler: str = "pndm",
                      safety_checker: bool = True, old_configs: bool = True) -> Path:
     """Write the tiny model `name` laid out like its real repository (see the module docstring)."""
-    from refcoco_edit.models.pbe_loading import fix_model_index
-    from refcoco_edit.models.tiny import _build_quietly
-
-    out = Path(out)
-
-    def build(folder: Path) -> None:
-        pipe = _tiny(name, fp16, round_only=False)
-        pipe.scheduler = make_scheduler(scheduler)
-        pipe.save_pretrained(folder)
-        if name == "tiny-paint-by-example":
-            fix_model_index(folder)
-
-    _build_quietly(build, out)
+    out = _save_tiny(name, out, fp16, scheduler, round_only=False)
     if old_configs:
         for sub in ("text_encoder", "image_encoder"):
             if (out / sub / "config.json").is_file():
@@ -143,6 +131,8 @@ def save_real_layout(name: str, out: Path, *, fp16: Iterable[str] = DEFAULT_FP16
         if (out / "vae" / "config.json").is_file():
             _edit_json(out / "vae" / "config.json", _old_diffusers_config(_NEW_VAE_KEYS))
     if safety_checker:
+        from refcoco_edit.models.tiny import _build_quietly
+
         _build_quietly(_safety_parts, out)
 
         def entries(index: dict) -> None:
@@ -161,13 +151,19 @@ def save_real_layout(name: str, out: Path, *, fp16: Iterable[str] = DEFAULT_FP16
 def save_reference(name: str, out: Path, *, fp16: Iterable[str] = DEFAULT_FP16, scheduler: str = "ddim") -> Path:
     """The same weights as `save_real_layout(name, fp16=fp16)`, all in float32 (float16-rounded where that
     one stores float16), with Stable Diffusion's DDIM (or `scheduler`), in today's layout."""
+    return _save_tiny(name, out, fp16, scheduler, round_only=True)
+
+
+def _save_tiny(name: str, out: Path, fp16: Iterable[str], scheduler: str, *, round_only: bool) -> Path:
+    """Save the tiny model `name` with its `fp16` parts in float16 (`round_only`: float16-rounded but
+    stored in float32) and the named scheduler."""
     from refcoco_edit.models.pbe_loading import fix_model_index
     from refcoco_edit.models.tiny import _build_quietly
 
     out = Path(out)
 
     def build(folder: Path) -> None:
-        pipe = _tiny(name, fp16, round_only=True)
+        pipe = _tiny(name, fp16, round_only=round_only)
         pipe.scheduler = make_scheduler(scheduler)
         pipe.save_pretrained(folder)
         if name == "tiny-paint-by-example":
