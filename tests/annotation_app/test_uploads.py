@@ -4,8 +4,6 @@ at Gradio's upload route, each user's quota (bytes and files, expiring) and only
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from annotation_app.uploads import (
     sniff_format,
 )
 from refcoco_edit.errors import InputError
+from tests.images import bomb_png
 
 
 def png_bytes(w: int, h: int, colour=(1, 2, 3), mode="RGB") -> bytes:
@@ -31,17 +30,6 @@ def png_bytes(w: int, h: int, colour=(1, 2, 3), mode="RGB") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, (w, h), colour).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    """A valid PNG header that claims w x h grey pixels, with a tiny compressed body (a bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    row = b"\x00" + b"\x00" * w
-    body = zlib.compress(row * 4, 9)  # far too short for h rows: never decoded anyway
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 @pytest.fixture
@@ -95,17 +83,17 @@ def test_size_limits_and_bombs(root):
         read_upload(root / "big.png", upload_root=root, max_bytes=100)
     with pytest.raises(UploadError, match="over the limit of 1000 pixels"):
         read_upload(root / "big.png", upload_root=root, max_pixels=1000)
-    (root / "bomb1.png").write_bytes(bomb_png(5000, 5000))  # 25 M pixels, over our 16.8 M
+    (root / "bomb1.png").write_bytes(bomb_png(5000, 5000, "L"))  # 25 M pixels, over our 16.8 M
     with pytest.raises(UploadError, match="5000x5000 pixels is over the limit"):
         read_upload(root / "bomb1.png", upload_root=root)
-    data = bomb_png(100_000, 100_000)
+    data = bomb_png(100_000, 100_000, "L")
     assert len(data) < 1000  # a few hundred bytes claiming 10 G pixels
     (root / "bomb2.png").write_bytes(data)
     with pytest.raises(UploadError, match="bomb2.png: image over the pixel limit"):  # Pillow refuses it on open
         read_upload(root / "bomb2.png", upload_root=root)
     # past a (too) generous limit of ours, Pillow's bomb warning is an error too
     with pytest.raises(UploadError, match="over the pixel limit"):
-        decode_image(bomb_png(10_000, 10_000), max_pixels=10**12)
+        decode_image(bomb_png(10_000, 10_000, "L"), max_pixels=10**12)
 
 
 def test_paths_outside_the_upload_folder_are_refused(root, tmp_path):
@@ -141,7 +129,7 @@ def test_upload_store_keeps_files_beside_the_store(tmp_path, root):
 
 def test_handler_refuses_bad_uploads_and_keeps_state(ctx, root):
     st, _ = A.next_item(ctx, "ann1", None)
-    (root / "bomb.png").write_bytes(bomb_png(50_000, 50_000))
+    (root / "bomb.png").write_bytes(bomb_png(50_000, 50_000, "L"))
     with pytest.raises(UploadError):
         A.use_upload(ctx, "ann1", st, str(root / "bomb.png"), upload_root=root)
     assert st.example_hash is None
@@ -255,7 +243,7 @@ def test_only_images_are_kept_at_the_upload_route(guarded):
     Image.new("RGB", (4, 4)).save(buf, format="GIF")
     r = upload(http, "pic.gif", buf.getvalue())
     assert r.status_code == 415 and "pic.gif: not a readable image" in r.text
-    bomb = bomb_png(50_000, 50_000)
+    bomb = bomb_png(50_000, 50_000, "L")
     r = upload(http, "bomb.png", bomb)
     assert r.status_code == 415 and "bomb.png" in r.text and "over the pixel limit" in r.text
     r = upload(http, "wide.png", png_bytes(65, 64))  # over this app's 64 x 64

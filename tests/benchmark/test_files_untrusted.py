@@ -11,8 +11,6 @@ import json
 import os
 import re
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +23,10 @@ from benchmark.run.folder import output_name
 from benchmark.runner import RunConfig, run_benchmark
 from refcoco_edit.errors import DataError
 from refcoco_edit.imaging.files import OutsideFolderError
+from tests.images import bomb_png
 from tests.refcoco_edit.test_files_untrusted import huge_png
 
 METRICS = "l2_bg"
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    """A PNG header claiming w x h RGB pixels over a tiny body: a few hundred bytes, a gigabyte decoded."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    body = zlib.compress((b"\x00" + b"\x00" * (3 * w)) * 4, 9)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")

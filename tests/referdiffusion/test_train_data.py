@@ -165,15 +165,9 @@ def test_bad_rows_and_missing_columns(tokenizer, tmp_path):
 def test_images_are_decoded_within_the_pixel_limit_naming_the_sample(tokenizer, tmp_path):
     """The trainer decodes rows itself, under the project's one pixel limit, instead of letting
     `datasets` decode any size (or follow a path a cell names)."""
-    import struct
-    import zlib
+    from tests.images import bomb_png
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    # a few hundred bytes whose header claims 20000 x 20000 pixels: refused before any decoding
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    bomb = bomb_png(20000, 20000)  # a few hundred bytes claiming 20000 x 20000: refused before any decoding
     rows = _rows(n=1)
     big = _dataset(rows).cast_column("source_image", datasets.Image(decode=False)).map(
         lambda r: {"source_image": {"bytes": bomb, "path": None}})
