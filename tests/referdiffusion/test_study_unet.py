@@ -16,7 +16,7 @@ _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 def test_planned_unet_shape_and_size():
     unet = su.build_unet().eval()
     n = sum(p.numel() for p in unet.parameters())
-    assert 3.9e6 < n < 4.4e6
+    assert 2.5e6 < n < 2.9e6  # four rows in fp16 within the 40 MB for shipped weights
     x = torch.randn(2, 8, *su.LATENT_HW)
     with torch.no_grad():
         out = unet(x, torch.tensor([10, 500]), encoder_hidden_states=torch.randn(2, 5, 64)).sample
