@@ -91,11 +91,16 @@ class MetricInput:
     edit_type: str = ""
     pipeline: str = ""
     sample_id: str = ""
+    reference: Image.Image | np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.output = as_rgb(self.output, "output image")
         self.source = as_rgb(self.source, "source image")
         hw = self.size_hw
+        if self.reference is not None:
+            self.reference = as_rgb(self.reference, "reference edit")
+            if _size_hw(self.reference) != hw:
+                raise InputError(f"reference edit is {_size_hw(self.reference)} (h, w), the source {hw}")
         self.edit_mask = as_binary_mask(self.edit_mask, hw, "edit mask M_e")
         if self.source_mask is not None:
             self.source_mask = as_binary_mask(self.source_mask, hw, "source mask M")
@@ -118,6 +123,11 @@ class MetricInput:
         if isinstance(self.output, np.ndarray) and _size_hw(self.output) == self.size_hw:
             return self.output
         return np.asarray(self.output_image)
+
+    @cached_property
+    def reference_array(self) -> np.ndarray | None:
+        """HxWx3 uint8 reference edit, None without one."""
+        return None if self.reference is None else np.asarray(self.reference)
 
     @cached_property
     def source_image(self) -> Image.Image:

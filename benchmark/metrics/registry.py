@@ -27,6 +27,7 @@ METRICS: Registry[type[Metric]] = Registry("metric", {
     "ssim_bg": "benchmark.metrics.background:SSIMBackground",
     "clip_t": "benchmark.metrics.clip_metrics:ClipText",
     "localisation": "benchmark.metrics.localisation:Localisation",
+    "fg_agreement": "benchmark.metrics.foreground:ForegroundAgreement",
 }, check=_is_metric)
 
 # Output names that differ from their metric's name (kept here so that no import is needed).
@@ -35,6 +36,7 @@ OUTPUT_OF: dict[str, str] = {
     "loc_precision": "localisation",
     "loc_recall": "localisation",
     "loc_iou": "localisation",
+    "psnr_fg": "fg_agreement",
 }
 
 

@@ -76,7 +76,7 @@ def _metric_input(sample: Sample, output: Image.Image) -> MetricInput:
     return MetricInput(output=output, source=sample.source_image, edit_mask=sample.edit_mask,
                        source_mask=sample.source_mask, prompt=sample.prompt, edit_text=sample.edit_text,
                        referring_text=sample.referring_text, target_caption=None, edit_type=sample.edit_type,
-                       pipeline=sample.pipeline, sample_id=sample.sample_id)
+                       pipeline=sample.pipeline, sample_id=sample.sample_id, reference=sample.edited_image)
 
 
 def score_samples(selection: Selection, indices: Sequence[int], output_path: Callable[[str], Path],

@@ -279,10 +279,11 @@ def test_run_cli_scores_every_metric_with_the_tiny_models(bench_dataset, tmp_pat
     assert rc == 0
     r = json.loads((tmp_path / "run" / "results.json").read_text())
     expected = ["aesthetic", "l2_bg", "clip_sim_fg", "clip_sim_fg_ref", "psnr_bg", "ssim_bg", "clip_t",
-                "loc_precision", "loc_recall", "loc_iou"]
+                "loc_precision", "loc_recall", "loc_iou", "fg_agreement", "psnr_fg"]
     assert list(r["metrics"]) == expected
     assert [k for k, v in r["metrics"].items() if not v["available"]] == ["clip_t"]  # no target captions
     assert r["metrics"]["l2_bg"]["higher_is_better"] is False and r["metrics"]["loc_iou"]["value"] == 1.0
+    assert r["metrics"]["fg_agreement"]["value"] == 1.0  # the reference method returns I_e itself
     assert "3 generated" in capsys.readouterr().out
 
 
