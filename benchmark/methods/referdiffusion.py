@@ -7,8 +7,9 @@ scheduler (DDIM), InstructPix2Pix's guidance with its defaults (text 7.5, image 
 The REM's predicted mask of the referred object is compared with the dataset's and its IoU kept in
 samples.jsonl (`mask_iou`), which tells referring errors from editing errors.
 
-The checkpoint is a folder: `--method-model DIR`, or the environment variable
-REFCOCO_EDIT_MODEL_REFERDIFFUSION.
+The checkpoint is a folder or a resolver name (`--method-model DIR`, `--method-model refshapes-referdiffusion`
+for the one trained here on RefShapes), or the environment variable REFCOCO_EDIT_MODEL_REFERDIFFUSION.
+Without `--size` it works at the size its training manifest records (512 without one).
 """
 
 from __future__ import annotations
@@ -33,21 +34,32 @@ class ReferDiffusionMethod(Method):
     option_defaults = {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
 
     def __init__(self, **kwargs: Any) -> None:
-        checkpoint = kwargs.pop("model", None)
+        model = kwargs.pop("model", None)
+        # before the base class asks for the trained size, which the checkpoint's manifest records
+        self.checkpoint = self._resolved(model or "referdiffusion", kwargs.get("overrides"))
         super().__init__(**kwargs)
-        self.checkpoint = checkpoint or self._resolved()
         self.pipe: Any = None
 
-    def _resolved(self) -> str | None:
-        """The resolver's `referdiffusion` entry: --model referdiffusion=DIR, $REFCOCO_EDIT_MODEL_REFERDIFFUSION
-        or the models.yaml config; None when none is set (availability() then says how to set one)."""
-        from refcoco_edit.models.resolver import resolve
+    def _resolved(self, model: str, overrides: Any) -> str | None:
+        """A folder given as is; a resolver name (`referdiffusion`: --model referdiffusion=DIR,
+        $REFCOCO_EDIT_MODEL_REFERDIFFUSION or the models.yaml config; `refshapes-*`: the packaged folders)
+        as the resolver finds it; None when it finds none (availability() then says how to set one)."""
+        from refcoco_edit.models.resolver import MODEL_SPECS, resolve
 
+        if model not in MODEL_SPECS:
+            return model
         try:
-            return resolve("referdiffusion", self.overrides, build=False).source
+            return resolve(model, overrides, build=False).source
         except ModelNotAvailableError as exc:
             self._unresolved = str(exc)
             return None
+
+    def _trained_size(self) -> int | None:
+        if not self.checkpoint or not Path(self.checkpoint).expanduser().is_dir():
+            return None
+        from referdiffusion.train.manifest import trained_size
+
+        return trained_size(Path(self.checkpoint).expanduser(), default=None)
 
     def availability(self) -> str | None:
         if not self.checkpoint:

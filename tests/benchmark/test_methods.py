@@ -385,3 +385,21 @@ def test_a_model_trained_here_runs_at_its_training_size_without_size(tiny_cache,
     assert create_method("ip2p", model=str(folder)).config()["size"] == 128
     assert create_method("ip2p", model=str(folder), size=64).size == 64
     assert create_method("ip2p", model="tiny-ip2p").size == 512
+
+
+def test_referdiffusion_reads_its_size_and_takes_resolver_names(no_model_config, tmp_path, monkeypatch):
+    """The ReferDiffusion checkpoint's manifest sets its working size too, and a resolver name (the
+    packaged `refshapes-*` rows, or one pointed elsewhere) stands for its folder."""
+    from benchmark.methods import create_method
+    from referdiffusion.train.manifest import MANIFEST_SCHEMA, write_manifest
+
+    folder = tmp_path / "rd"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    assert create_method("referdiffusion", model=str(folder)).size == 512  # no manifest
+    write_manifest(folder / "training_manifest.json", {"schema": MANIFEST_SCHEMA, "preprocess": {"size": 64}})
+    assert create_method("referdiffusion", model=str(folder)).size == 64
+    assert create_method("referdiffusion", model=str(folder), size=96).size == 96
+    monkeypatch.setenv("REFCOCO_EDIT_MODEL_REFSHAPES_REM", str(folder))
+    named = create_method("referdiffusion", model="refshapes-rem")
+    assert named.checkpoint == str(folder) and named.size == 64 and named.availability() is None
