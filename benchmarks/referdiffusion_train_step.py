@@ -28,8 +28,8 @@ i.e. what building the models and training added; allocator caching makes it coa
 
 `refshapes` times what the study's rows actually run against what a plain diffusers script would: the
 study's starting checkpoint (`referdiffusion.study.checkpoint`: the small UNet, a VAE of refshapes-vae's
-shape, the frozen random CLIP of width 64, the REM) at 128 px (RefShapes' 128 x 96 padded to 128^2, as
-the trainer's `aspect` protocol feeds it), batch 16, 32 tokens, three steps on the same batch:
+shape, the frozen random CLIP of width 64, the REM) at the rows' 64 px (RefShapes' pictures at 64 x 48,
+padded to 64^2, as the trainer's `aspect` protocol feeds them), batch 16, 32 tokens, three steps on the same batch:
 - "plain": a diffusers-style InstructPix2Pix training step written out as `train_instruct_pix2pix.py` does
   it (VAE sample of the target, source latent mode, text encoding, conditioning dropout, UNet, MSE,
   backward, gradient clipping, AdamW, LR schedule), plain torch, no accelerate;
@@ -331,8 +331,8 @@ REFSHAPES_LABELS = {"plain": "plain diffusers-style InstructPix2Pix step",
 REFSHAPES_TOKENS = 32
 
 
-def refshapes_batch(batch_size: int, resolution: int = 128, seed: int = 0) -> dict[str, Any]:
-    """A batch in the trainer's format: pictures 128 x 96 at the top of a 128^2 canvas, masks, 32 tokens."""
+def refshapes_batch(batch_size: int, resolution: int = 64, seed: int = 0) -> dict[str, Any]:
+    """A batch in the trainer's format: pictures r x 3r/4 at the top of an r^2 canvas, masks, 32 tokens."""
     g = torch.Generator().manual_seed(seed)
     b, r, h = batch_size, resolution, resolution * 3 // 4
     ids = torch.full((b, REFSHAPES_TOKENS), EOS, dtype=torch.long)
@@ -482,7 +482,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="autocast dtype (float32: no mixed precision)")
-    parser.add_argument("--resolution", type=int, help="image side (default 64 tiny, 512 sd15, 128 refshapes)")
+    parser.add_argument("--resolution", type=int, help="image side (default 64 tiny, 512 sd15, 64 refshapes)")
     parser.add_argument("--batch-size", type=int, help="default 4 (16 for refshapes, the rows' batch)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
@@ -493,7 +493,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.resolution = args.resolution or {"tiny": 64, "sd15": 512, "refshapes": 128}[args.preset]
+    args.resolution = args.resolution or {"tiny": 64, "sd15": 512, "refshapes": 64}[args.preset]
     args.batch_size = args.batch_size or (16 if args.preset == "refshapes" else 4)
     if args.threads:
         torch.set_num_threads(args.threads)

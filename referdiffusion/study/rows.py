@@ -154,18 +154,22 @@ def status(root: Path | str = ROOT) -> list[dict[str, Any]]:
 
 def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "val", limit: int | None = 64,
                         steps: int = 20, guidance_scale: float = 7.5, image_guidance_scale: float = 1.5,
-                        batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
+                        batch_size: int = 16, seed: int = 0, prompt: bool = True) -> dict[str, Any]:
     """The study's foreground and background scores (`evaluate.score`) of a checkpoint's edits of `role`
-    (a seeded subset of `limit` edits, as `evaluate` draws it), sampled by the pipeline at the study's size.
+    (a seeded subset of `limit` edits, as `evaluate` draws it). The pipeline works at the size the checkpoint
+    was trained at (its manifest; the study's 128 x 96 without one) and its output is resized back, as the
+    benchmark does. `prompt=False` sends empty prompts: whether the model follows its text at all.
 
     For watching a row (on val); the study's final numbers come from `rie-bench run` on the test split."""
     import numpy as np
     import torch
     from PIL import Image
 
+    from refcoco_edit.pipelines.base import working_size
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.study.data import RefShapesStudy, batches
     from referdiffusion.study.evaluate import score, summary
+    from referdiffusion.train.manifest import trained_size
 
     if role == "test":
         raise InputError("rows eval reads val (selection); the test split is for the final evaluation only")
@@ -177,19 +181,23 @@ def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "v
         records = [records[k] for k in sorted(keep)]
     pipe = ReferDiffusionPipeline.from_pretrained(checkpoint)
     pipe.set_progress_bar_config(disable=True)
+    size = trained_size(checkpoint, default=None)
     outputs: dict[int, np.ndarray] = {}
     generator = torch.Generator().manual_seed(seed)
     for sl in batches(len(records), batch_size):
         chunk = records[sl]
         images = [Image.fromarray(study.source(r.image_id)) for r in chunk]
-        prompts = [study.prompt(r).prompt for r in chunk]
+        full = images[0].size
+        work = working_size(full, size)
+        images = [im.resize(work, Image.Resampling.LANCZOS) if im.size != work else im for im in images]
+        prompts = [study.prompt(r).prompt if prompt else "" for r in chunk]
         with torch.no_grad():
             result = pipe(prompt=prompts, image=images, num_inference_steps=steps, guidance_scale=guidance_scale,
                           image_guidance_scale=image_guidance_scale, generator=generator)
         for r, im in zip(chunk, result.images):
-            outputs[r.edit_id] = np.asarray(im.convert("RGB"))
+            outputs[r.edit_id] = np.asarray(im.convert("RGB").resize(full, Image.Resampling.LANCZOS))
     scores = summary(score(study, records, lambda src, r: outputs[r.edit_id]))
-    return {"checkpoint": str(checkpoint), "role": role, "edits": len(records), "steps": steps,
+    return {"checkpoint": str(checkpoint), "role": role, "edits": len(records), "steps": steps, "prompt": prompt,
             "guidance": [guidance_scale, image_guidance_scale], **scores}
 
 
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--data", type=Path, required=True, help="the RefShapes folder")
     pe.add_argument("--limit", type=int, default=64)
     pe.add_argument("--steps", type=int, default=20)
+    pe.add_argument("--no-prompt", action="store_true", help="empty prompts (does the model follow its text?)")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "prepare":
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_row(args.row, args.root, args.max_steps, args.overrides, progress=not args.no_progress)
         print(json.dumps({"row": args.row, "global_step": result.global_step, "final": str(result.final)}))
     elif args.cmd == "eval":
-        print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, limit=args.limit, steps=args.steps)))
+        print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, limit=args.limit, steps=args.steps,
+                                             prompt=not args.no_prompt)))
     else:
         for entry in status(args.root):
             loss = entry.pop("loss", [])

@@ -124,7 +124,7 @@ def test_rows_share_one_budget_and_differ_in_model_and_losses():
                     c.optim.lr_scheduler, c.data.resolution, c.data.resize, c.model.pretrained)
               for row, c in cfgs.items()}
     assert len(set(budget.values())) == 1, budget
-    assert budget["finetune"][1] == 16 and budget["finetune"][6:8] == (128, "aspect")
+    assert budget["finetune"][1] == 16 and budget["finetune"][6:8] == (64, "aspect")
     terms = {row: (c.model.use_rem, [c.stage_loss_config(c.stages[-1]).enabled(t)
                                      for t in ("noise", "mask", "edit", "rcl")]) for row, c in cfgs.items()}
     assert terms == {"finetune": (False, [True, False, False, False]), "rem": (True, [True, True, True, False]),
