@@ -56,7 +56,8 @@ def training_overlap(method_config: dict[str, Any], selection: Any, size: int | 
     """What results.json records under `contamination` for a method whose model is a checkpoint folder:
     the overlap of its training manifest with the evaluation pictures, `checked: false` for a
     ReferDiffusion checkpoint without a manifest, None for other methods."""
-    model = method_config.get("model")
+    # a resolver name (`refshapes-ip2p`) is recorded beside the local folder it resolved to
+    model = method_config.get("model_folder") or method_config.get("model")
     if not isinstance(model, str) or not model:
         return None
     folder = Path(model).expanduser()

@@ -116,3 +116,12 @@ def test_methods_without_a_checkpoint_folder_record_nothing(bench_dataset, tmp_p
     from benchmark.run.provenance import training_overlap
 
     assert training_overlap({"model": model}, None, 512) is None
+
+
+def test_a_model_named_through_the_resolver_is_checked_in_its_folder(tmp_path):
+    from benchmark.run.provenance import training_overlap
+
+    folder = tmp_path / "named"
+    (folder / "rem").mkdir(parents=True)
+    record = training_overlap({"model": "refshapes-rem", "model_folder": str(folder)}, None, 64)
+    assert record is not None and record["checked"] is False and str(folder) in record["reason"]
