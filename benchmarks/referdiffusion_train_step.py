@@ -459,8 +459,8 @@ def report_refshapes(args: argparse.Namespace) -> None:
     times = measure_refshapes(args)
     base = times["plain"]
     print(f"training step, preset refshapes (the study's models), cpu, {args.resolution}x{args.resolution} "
-          f"(128x96 padded), batch {args.batch_size}, {args.steps} timed steps each (alternating order), torch "
-          f"threads {torch.get_num_threads()}")
+          f"({args.resolution}x{args.resolution * 3 // 4} padded), batch {args.batch_size}, {args.steps} timed steps "
+          f"each (alternating order), torch threads {torch.get_num_threads()}")
     header = ("step", "median ms", "best ms", "CPU ms", "samples/s", "time ratio", "CPU ratio")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")

@@ -43,6 +43,23 @@ IP2P_INDEX: dict[str, Any] = {
 }
 
 
+TEXT_CARD = """# refshapes-text
+
+The text encoder and tokenizer shared by the RefShapes study's editors (`refshapes-ip2p`,
+`refshapes-rem`, `refshapes-rem-rcl`, `refshapes-referdiffusion`), which link to this folder instead of
+holding a copy each.
+
+- `text_encoder/`: a transformers `CLIPTextModel` of width 64 (two layers, four heads, 32 positions),
+  weights drawn from seed 0 and never trained (`referdiffusion.study.text_encoder.build_text_encoder`);
+  fp16 safetensors, 6.5 MB, almost all of it the 49,408 x 64 token embedding. Why frozen and random, and
+  the linear probes that show RefShapes' words can be read from its features: `docs/refshapes.md`.
+- `tokenizer/`: the project's CLIP tokenizer (OpenAI's vocabulary), `model_max_length` 32.
+
+Written by `python -m referdiffusion.study.package` from the first row packaged; every later row must
+hold the same weights (it is refused otherwise).
+"""
+
+
 def _same_weights(a: Any, b: Any) -> bool:
     import torch
 
@@ -66,6 +83,7 @@ def write_text(pipe: Any, models: Path) -> str:
     with atomic_dir(dest) as tmp:
         pipe.text_encoder.to(torch.float16).save_pretrained(Path(tmp) / "text_encoder")
         pipe.tokenizer.save_pretrained(Path(tmp) / "tokenizer")
+        (Path(tmp) / "README.md").write_text(TEXT_CARD)
     pipe.text_encoder.float()
     return "written"
 
@@ -105,9 +123,54 @@ def package_row(row: str, final: Path | str, models: Path | str = MODELS) -> dic
         shutil.copyfile(final / MANIFEST, tmp / MANIFEST)
         for name, target in LINKS.items():
             (tmp / name).symlink_to(target, target_is_directory=True)
+        (tmp / "README.md").write_text(card(row, pipe))
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and not f.is_symlink()
                and not any(p.is_symlink() for p in f.relative_to(dest).parents if p != Path(".")))
     return {"row": row, "folder": str(dest), "text": text, "bytes": size}
+
+
+ROW_TEXT = {
+    "finetune": ("the study's fine-tune row: InstructPix2Pix's UNet trained from scratch, no REM, L_noise",
+                 "diffusers' `StableDiffusionInstructPix2PixPipeline`", "rie-bench run --method ip2p "
+                 "--method-model refshapes-ip2p --method-option suffix= --dataset DIR --out RUN"),
+    "rem": ("the study's +REM row: the UNet and the Region-Embedder Module, L_noise + L_mask + L_edit",
+            "`referdiffusion.ReferDiffusionPipeline`", "rie-bench run --method referdiffusion "
+            "--method-model refshapes-rem --dataset DIR --out RUN"),
+    "rem_rcl": ("the study's +REM +RCL row: as +REM, plus the Region-Control Loss",
+                "`referdiffusion.ReferDiffusionPipeline`", "rie-bench run --method referdiffusion "
+                "--method-model refshapes-rem-rcl --dataset DIR --out RUN"),
+    "full": ("the study's full row: the self-supervised stage 1, then stage 2 with every loss",
+             "`referdiffusion.ReferDiffusionPipeline`", "rie-bench run --method referdiffusion "
+             "--method-model refshapes-referdiffusion --dataset DIR --out RUN"),
+}
+
+
+def card(row: str, pipe: Any) -> str:
+    """The folder's model card: what it is, how it was trained, how to load and reproduce it."""
+    from referdiffusion.study.rows import config_name
+    from referdiffusion.train import load_config
+
+    cfg = load_config(config_name(row))
+    what, loader, use = ROW_TEXT[row]
+    stages = ", ".join(f"{st.name} {st.max_steps:,} steps" for st in cfg.stages)
+    unet = sum(p.numel() for p in pipe.unet.parameters())
+    rem = "" if row == "finetune" else f", REM {sum(p.numel() for p in pipe.rem.parameters()):,} parameters"
+    return f"""# {PACKAGED[row]}
+
+ReferDiffusion on RefShapes, {what}; trained here from scratch on a 2-core CPU
+(`docs/refshapes.md` has its results on the study's test split, beside the other rows).
+
+- Loads with {loader}; the resolver name `{PACKAGED[row]}` finds this folder. `vae`, `text_encoder` and
+  `tokenizer` link to the shared `refshapes-vae` and `refshapes-text`.
+- UNet: InstructPix2Pix's 8-channel `UNet2DConditionModel`, blocks
+  {"/".join(str(c) for c in pipe.unet.config.block_out_channels)}, {unet:,} parameters{rem}; fp16 safetensors.
+- Training (`referdiffusion train --config {config_name(row)}`): {stages}, batch {cfg.batch_size}, seed {cfg.seed},
+  AdamW at {cfg.optim.learning_rate:g} ({cfg.optim.lr_warmup_steps} warm-up steps, {cfg.optim.lr_scheduler}),
+  EMA {cfg.model.ema_decay}, {cfg.data.resolution} px under the `{cfg.data.resize}` protocol (RefShapes' 128 x 96
+  at 64 x 48), RefShapes' train split only (`training_manifest.json` lists its pictures). The weights are the EMA's.
+- Use: `{use}` (it works at its trained size without `--size`).
+- Reproduce: `python -m referdiffusion.study.run --root DIR --vae refcoco_edit/data/models/refshapes-vae`.
+"""
 
 
 def _diffusers_version() -> str:

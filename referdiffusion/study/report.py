@@ -182,9 +182,21 @@ def grid(out: Path | str, path: Path | str, count: int = 8) -> Path:
     return path
 
 
+CURVE_TAG = "train/loss_noise"  # the one loss every row optimises, so the rows' curves compare
+
+
+def row_curves(rows_root: Path | str) -> dict[str, list[tuple[int, float]]]:
+    """Each row's L_noise against step, from its TensorBoard log."""
+    from referdiffusion.study.rows import ROWS, config_name, curve, row_overrides
+    from referdiffusion.train import load_config
+
+    return {row: curve(load_config(config_name(row), row_overrides(row, rows_root)).output_dir, CURVE_TAG)
+            for row in ROWS}
+
+
 def curves_plot(curves: dict[str, list[tuple[int, float]]], path: Path | str, size: tuple[int, int] = (640, 360),
-                smooth: int = 5) -> Path:
-    """Training loss against step, one line per row (a running mean over `smooth` logged points), log y."""
+                smooth: int = 5, title: str = "L_noise (running mean of 5 logged points)") -> Path:
+    """Loss against step, one line per row (a running mean over `smooth` logged points), log y."""
     from PIL import Image, ImageDraw
 
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
@@ -220,6 +232,7 @@ def curves_plot(curves: dict[str, list[tuple[int, float]]], path: Path | str, si
         draw.line([x, h - bottom, x, h - bottom + 4], fill="black")
         draw.text((x - 12, h - bottom + 6), f"{int(xmax * frac)}", fill="black")
     draw.text(((w - right) // 2, h - 12), "step", fill="black")
+    draw.text((left + 4, top + 2), title, fill="black")
     for i, (name, (steps, vals)) in enumerate(series.items()):
         colour = colours[i % len(colours)]
         draw.line([xy(s, v) for s, v in zip(steps, vals)], fill=colour, width=2)
@@ -252,13 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "table":
         print(markdown_table(args.out) + "\n\nfg_agreement by edit type:\n\n" + by_type_table(args.out))
     else:
-        from referdiffusion.study.rows import ROWS, config_name, curve, row_overrides
-        from referdiffusion.train import load_config
-
-        curves = {row: curve(load_config(config_name(row), row_overrides(row, args.rows)).output_dir)
-                  for row in ROWS}
         print(grid(args.out, args.docs / "refshapes-grid.png"))
-        print(curves_plot(curves, args.docs / "refshapes-curves.png"))
+        print(curves_plot(row_curves(args.rows), args.docs / "refshapes-curves.png"))
     return 0
 
 

@@ -108,13 +108,9 @@ def run_stage(p: Paths, stage: str, jobs: int = 2, vae: Path | None = None, limi
                                 for name in package.PACKAGED.values()}}
         report.evaluate(p.rows / rows.EDITS, p.eval, limit, steps, env=env)
     elif stage == "report":
-        from referdiffusion.study.rows import config_name, curve, row_overrides
-        from referdiffusion.train import load_config
-
         p.report.mkdir(parents=True, exist_ok=True)
-        curves = {r: curve(load_config(config_name(r), row_overrides(r, p.rows)).output_dir) for r in rows.ROWS}
         report.grid(p.eval, p.report / "refshapes-grid.png")
-        report.curves_plot(curves, p.report / "refshapes-curves.png")
+        report.curves_plot(report.row_curves(p.rows), p.report / "refshapes-curves.png")
         (p.report / "results.md").write_text(report.markdown_table(p.eval) + "\n\nfg_agreement by edit type:\n\n"
                                              + report.by_type_table(p.eval) + "\n")
     else:

@@ -46,12 +46,14 @@ def packaged(tmp_path_factory):
 def test_rows_share_the_frozen_parts_through_relative_links(packaged):
     models, _, notes = packaged
     assert notes["finetune"]["text"] == "written" and notes["rem"]["text"] == "kept"
+    assert (models / pk.TEXT / "README.md").read_text() == pk.TEXT_CARD
     for row in ("finetune", "rem"):
         folder = models / pk.PACKAGED[row]
         for name, target in pk.LINKS.items():
             link = folder / name
             assert link.is_symlink() and str(link.readlink()) == target and link.resolve().is_dir()
         assert trained_size(folder) == 64
+        assert f"# {pk.PACKAGED[row]}" in (folder / "README.md").read_text()  # its model card
         assert not (folder / "model_index.json").read_text().count("_name_or_path")
     assert (models / pk.PACKAGED["rem"] / "rem" / "config.json").is_file()
     assert not (models / pk.PACKAGED["finetune"] / "rem").exists()
