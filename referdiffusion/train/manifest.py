@@ -19,7 +19,11 @@ Pictures are identified two ways:
   row of each picture is decoded once (RefCOCO-Edit's source image is the untouched picture).
 
 A hash match catches a picture under another id (another dataset's copy); an id match catches a
-picture whose stored copy was re-encoded lossily. Both are reported.
+picture whose hash is unknown on one side. Both are reported. An id match whose hashes are known on both
+sides and differ is a different picture under the same number (two datasets that number their pictures
+alike, as two RefShapes worlds made with different seeds do): it is listed under `same_id_other_pixels`
+and not counted. A lossily re-encoded copy of a training picture lands in that list too, so look at it
+when the evaluation data is a re-encoded copy of the training data.
 """
 
 from __future__ import annotations
@@ -157,14 +161,18 @@ def overlap(manifest: dict[str, Any], evaluation: dict[int, str | None],
     """Which evaluation pictures ({image_id: hash}) the manifest's run trained on.
 
     `image_ids`: the evaluation pictures seen, by id or by content hash (sorted); `by_id` / `by_hash`: how
-    each was found; `count`: how many; `samples`: evaluation samples on those pictures."""
+    each was found; `count`: how many; `samples`: evaluation samples on those pictures;
+    `same_id_other_pixels`: ids shared with a training picture whose pixels differ (not counted)."""
     trained: dict[str, str | None] = manifest.get("pictures") or {}
     trained_hashes = {h for h in trained.values() if h}
-    by_id = sorted(i for i in evaluation if str(i) in trained)
     by_hash = sorted(i for i, h in evaluation.items() if h and h in trained_hashes)
+    shared = [i for i in evaluation if str(i) in trained]
+    other = sorted(i for i in shared if evaluation[i] and trained[str(i)] and evaluation[i] != trained[str(i)]
+                   and i not in by_hash)
+    by_id = sorted(i for i in shared if i not in other)
     seen = sorted(set(by_id) | set(by_hash))
     counts = samples_per_picture or {}
-    return {"count": len(seen), "image_ids": seen, "by_id": by_id, "by_hash": by_hash,
+    return {"count": len(seen), "image_ids": seen, "by_id": by_id, "by_hash": by_hash, "same_id_other_pixels": other,
             "samples": sum(counts.get(i, 0) for i in seen), "evaluation_pictures": len(evaluation),
             "training_pictures": len(trained)}
 

@@ -64,6 +64,11 @@ def test_overlap_by_id_and_by_hash(tiny_cache, shapes):
     dirty = overlap(manifest, evaluation, {seen_id: 3, renamed: 1})
     assert dirty["by_id"] == [seen_id] and dirty["by_hash"] == [seen_id, renamed]
     assert (dirty["count"], dirty["image_ids"], dirty["samples"]) == (2, [seen_id, renamed], 4)
+    # the same number on a picture with other pixels (another dataset numbered alike) is listed, not counted
+    collision = overlap(manifest, {seen_id: "f" * 64})
+    assert (collision["count"], collision["by_id"], collision["same_id_other_pixels"]) == (0, [], [seen_id])
+    unknown = overlap(manifest, {seen_id: None})  # no hash on the evaluation side: the id alone counts
+    assert (unknown["count"], unknown["by_id"]) == (1, [seen_id])
 
 
 def test_a_run_allowed_evaluation_splits_records_them(tiny_cache, shapes, tmp_path):
