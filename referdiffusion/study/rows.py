@@ -1,6 +1,6 @@
 """The Table 2 rows of the RefShapes study, trained by the project's own trainer (`referdiffusion train`).
 
-Each row is a shipped config, `refshapes-<row>`, with one budget (2,500 steps, batch 16, seed 0, 128 px
+Each row is a shipped config, `refshapes-<row>`, with one budget (3,500 steps, batch 16, seed 0, 64 px
 under the evaluation's `aspect` protocol): fine-tune (InstructPix2Pix UNet, no REM), +REM, +REM +RCL,
 and full (+ stage 1). The configs name their inputs relative to the working folder, under `runs/refshapes`:
 
