@@ -112,23 +112,23 @@ class Method:
         self.overrides[self.default_model] = model
         return self.default_model
 
+    def _model_folder(self) -> str | None:
+        """The local folder the model is read from; None for Hub ids, unavailable models and methods
+        without weights (nothing is built or loaded)."""
+        if self.model_name is None:
+            return None
+        folder = model_folder_of(self.model_name, self.overrides)
+        return folder if folder is not None and Path(folder).is_dir() else None
+
     def _trained_size(self) -> int | None:
         """The longer side the model was trained at, from the training manifest in its local folder
         (written by `referdiffusion train`); None for anything else (Hub ids, models without one)."""
-        if self.model_name is None:
-            return None
-        from refcoco_edit.errors import RefcocoEditError
-        from refcoco_edit.models.resolver import resolve
-
-        try:
-            resolved = resolve(self.model_name, self.overrides, build=False)
-        except RefcocoEditError:  # unavailable: availability() says why when the run starts
-            return None
-        if not resolved.is_local or not Path(resolved.source).is_dir():
+        folder = self._model_folder()
+        if folder is None:
             return None
         from referdiffusion.train.manifest import trained_size
 
-        return trained_size(resolved.source, default=None)
+        return trained_size(folder, default=None)
 
     # ---- life cycle
     def availability(self) -> str | None:

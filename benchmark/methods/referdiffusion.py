@@ -54,12 +54,9 @@ class ReferDiffusionMethod(Method):
             self._unresolved = str(exc)
             return None
 
-    def _trained_size(self) -> int | None:
-        if not self.checkpoint or not Path(self.checkpoint).expanduser().is_dir():
-            return None
-        from referdiffusion.train.manifest import trained_size
-
-        return trained_size(Path(self.checkpoint).expanduser(), default=None)
+    def _model_folder(self) -> str | None:
+        folder = Path(self.checkpoint).expanduser() if self.checkpoint else None
+        return str(folder) if folder is not None and folder.is_dir() else None
 
     def availability(self) -> str | None:
         if not self.checkpoint:
