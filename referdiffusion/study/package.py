@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,8 @@ def package_row(row: str, final: Path | str, models: Path | str = MODELS) -> dic
         for name, target in LINKS.items():
             (tmp / name).symlink_to(target, target_is_directory=True)
         (tmp / "README.md").write_text(card(row, pipe))
-    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and not f.is_symlink()
-               and not any(p.is_symlink() for p in f.relative_to(dest).parents if p != Path(".")))
+    # the row's own files: os.walk does not enter the links to the shared folders
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(dest) for f in files)
     return {"row": row, "folder": str(dest), "text": text, "bytes": size}
 
 

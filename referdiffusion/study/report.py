@@ -129,9 +129,9 @@ def _fmt(cell: Any, digits: int = 3, scale: float = 1.0) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def markdown_table(out: Path | str) -> str:
-    """Table 2's layout: the rows with their REM / RCL / stage-1 columns, then the reference methods."""
-    res = results(out)
+def markdown_table(res: dict[str, dict[str, Any]]) -> str:
+    """Table 2's layout of `results(out)`: the rows with their REM / RCL / stage-1 columns, then the
+    reference methods."""
     head = ("| method | REM | RCL | stage 1 | fg_agreement ↑ | psnr_fg ↑ (dB) | l2_bg ↓ (x1e3) | psnr_bg ↑ (dB) "
             "| loc_iou ↑ | REM mask IoU ↑ |")
     lines = [head, "|" + "---|" * 10]
@@ -145,8 +145,8 @@ def markdown_table(out: Path | str) -> str:
     return "\n".join(lines)
 
 
-def by_type_table(out: Path | str) -> str:
-    res = results(out)
+def by_type_table(res: dict[str, dict[str, Any]]) -> str:
+    """fg_agreement of `results(out)` by edit type."""
     types = ("replace", "remove", "attribute")
     lines = ["| method | " + " | ".join(types) + " |", "|" + "---|" * (len(types) + 1)]
     for e in ENTRIES:
@@ -154,6 +154,12 @@ def by_type_table(out: Path | str) -> str:
             bt = res[e.key]["by_edit_type"]
             lines.append(f"| {e.label} | " + " | ".join(f"{bt.get(t, float('nan')):.3f}" for t in types) + " |")
     return "\n".join(lines)
+
+
+def report_text(out: Path | str) -> str:
+    """Both tables of the entries evaluated under `out` (their result files read once)."""
+    res = results(out)
+    return markdown_table(res) + "\n\nfg_agreement by edit type:\n\n" + by_type_table(res)
 
 
 def grid(out: Path | str, path: Path | str, count: int = 8) -> Path:
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "evaluate":
         evaluate(args.dataset, args.out, args.limit, args.steps, args.only)
     elif args.cmd == "table":
-        print(markdown_table(args.out) + "\n\nfg_agreement by edit type:\n\n" + by_type_table(args.out))
+        print(report_text(args.out))
     else:
         print(grid(args.out, args.docs / "refshapes-grid.png"))
         print(curves_plot(row_curves(args.rows), args.docs / "refshapes-curves.png"))

@@ -104,15 +104,15 @@ def run_stage(p: Paths, stage: str, jobs: int = 2, vae: Path | None = None, limi
         for row in rows.ROWS:
             print(package.package_row(row, p.final(row), p.models), flush=True)
     elif stage == "evaluate":
-        env = {**os.environ, **{f"REFCOCO_EDIT_MODEL_{name.upper().replace('-', '_')}": str(p.models / name)
-                                for name in package.PACKAGED.values()}}
+        from refcoco_edit.models.resolver import env_var
+
+        env = {**os.environ, **{env_var(name): str(p.models / name) for name in package.PACKAGED.values()}}
         report.evaluate(p.rows / rows.EDITS, p.eval, limit, steps, env=env)
     elif stage == "report":
         p.report.mkdir(parents=True, exist_ok=True)
         report.grid(p.eval, p.report / "refshapes-grid.png")
         report.curves_plot(report.row_curves(p.rows), p.report / "refshapes-curves.png")
-        (p.report / "results.md").write_text(report.markdown_table(p.eval) + "\n\nfg_agreement by edit type:\n\n"
-                                             + report.by_type_table(p.eval) + "\n")
+        (p.report / "results.md").write_text(report.report_text(p.eval) + "\n")
     else:
         raise InputError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 

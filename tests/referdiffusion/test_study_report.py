@@ -39,7 +39,7 @@ def evaluated(tmp_path):
 
 
 def test_table_has_the_paper_layout_and_the_rem_mask_iou(evaluated):
-    table = report.markdown_table(evaluated).splitlines()
+    table = report.markdown_table(report.results(evaluated)).splitlines()
     assert table[0].startswith("| method | REM | RCL | stage 1 | fg_agreement")
     labels = [line.split("|")[1].strip() for line in table[2:]]
     assert labels == [report.entry(k).label for k in ("identity", "finetune", "rem", "reference")]
@@ -47,7 +47,8 @@ def test_table_has_the_paper_layout_and_the_rem_mask_iou(evaluated):
     assert rem[2].strip() == "yes" and rem[5].strip() == "0.300 [0.290, 0.310]"
     assert rem[10].strip().startswith("0.600 [")  # the mean of the REM's per-sample IoUs, None left out
     assert table[3].split("|")[10].strip() == ""  # the fine-tune row has no REM
-    assert "| 0.300 | 0.150 | nan |" in report.by_type_table(evaluated)
+    assert "| 0.300 | 0.150 | nan |" in report.by_type_table(report.results(evaluated))
+    assert report.report_text(evaluated).endswith(report.by_type_table(report.results(evaluated)))
 
 
 def test_grid_puts_each_output_in_its_column(evaluated, tmp_path):
