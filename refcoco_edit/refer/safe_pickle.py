@@ -5,6 +5,12 @@ whatever the file names; a refs file only ever holds lists, dicts, strings and n
 unpickler here refuses every global look-up (`find_class`) and every persistent id. Python 2 byte
 strings (keys and values) become text, decoded as UTF-8 with Latin-1 as the fallback that always
 succeeds, so keys and values are text as the REFER API expects under Python 3.
+
+The unpickler is the pure-Python one (`pickle._Unpickler`), not the C one: the C unpickler keeps its memo
+in an array it grows to the largest index a PUT opcode names, so nine bytes (`\x80\x02)r` and a 4-byte
+index) make it allocate and zero up to 32 GB. The Python unpickler's memo is a dict, so a file costs memory
+in proportion to its size. It loads about 4x slower (1.8 s against 0.4 s for a 12 MB refs pickle of
+50,000 refs on this machine).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import gc
 import io
 import pickle
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +27,7 @@ from typing import Any
 from refcoco_edit.errors import DataError, UnsafePickleError
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: a dict memo (see the module docstring)
     """An unpickler that admits only the built-in containers and scalars."""
 
     def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
@@ -109,7 +116,7 @@ def _textify(obj: Any, source: str) -> Any:
 def safe_load_bytes(data: bytes, source: str = "<bytes>") -> Any:
     """Unpickle `data`, refusing anything but plain containers and scalars.
 
-    Python 2 strings are decoded as UTF-8 by the C unpickler itself (fast); only a file holding a
+    Python 2 strings are decoded as UTF-8 by the unpickler itself; only a file holding a
     string that is not UTF-8 is read again as bytes and decoded string by string, with Latin-1 as
     the fallback (each shared object once; nesting deeper than `MAX_DEPTH` is refused).
     """
@@ -123,7 +130,8 @@ def safe_load_bytes(data: bytes, source: str = "<bytes>") -> Any:
     except DataError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
-            AttributeError, MemoryError, RecursionError, OverflowError) as exc:
+            AttributeError, MemoryError, RecursionError, OverflowError, struct.error) as exc:
+        # struct.error: the Python unpickler's word for an opcode argument cut short
         raise DataError(f"{source}: not a readable pickle: {exc.__class__.__name__}: {exc}") from None
 
 

@@ -64,6 +64,21 @@ def test_any_bytes_load_or_are_refused(data: bytes, prefix: bytes) -> None:
     _refused_or(safe_load_bytes, prefix + data, "fuzz.p")
 
 
+@pytest.mark.parametrize("op", [b"q\xff", b"r\x00\x00\x00\x01", b"r\xff\xff\xff\xff", b"p16777216\n"])
+def test_a_large_memo_index_costs_no_memory(op):
+    """PUT opcodes name memo slots; a slot number far beyond the file (here up to 2^32) must not make the
+    loader allocate a table that large (the C unpickler grows an array to the index: 128 MB for 2^24)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        assert _refused_or(safe_load_bytes, b"\x80\x02)" + op + b".", "memo.p") in ((), None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, peak
+
+
 @FAST
 @given(st.lists(st.integers(0, 255), min_size=1, max_size=40), st.data())
 def test_mutated_pickles_load_or_are_refused(flips, data) -> None:
