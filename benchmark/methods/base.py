@@ -120,6 +120,16 @@ class Method:
         folder = model_folder_of(self.model_name, self.overrides)
         return folder if folder is not None and Path(folder).is_dir() else None
 
+    def _trained_here(self) -> bool:
+        """Whether the model's local folder holds a training manifest, which `referdiffusion train`
+        writes: such a model learned RefCOCO-Edit's bare referring prompts."""
+        folder = self._model_folder()
+        if folder is None:
+            return False
+        from referdiffusion.train.manifest import read_manifest
+
+        return read_manifest(folder) is not None
+
     def _trained_size(self) -> int | None:
         """The longer side the model was trained at, from the training manifest in its local folder
         (written by `referdiffusion train`); None for anything else (Hub ids, models without one)."""

@@ -4,7 +4,9 @@
 They get the whole referring prompt P (they must find the referred object themselves) followed by the
 paper's suffix " and do not change any pixel else", the source image at the working size (longer side
 512 unless `--size`; sides multiples of 8), the checkpoint's own scheduler, and InstructPix2Pix's
-guidance (text 7.5, image 1.5; options `guidance_scale`, `image_guidance_scale`). Steps default to
+guidance (text 7.5, image 1.5; options `guidance_scale`, `image_guidance_scale`). A model trained by
+`referdiffusion train` (a training manifest in its folder, e.g. `refshapes-ip2p`) learned the bare
+prompt, so it gets no suffix unless `suffix` is set. Steps default to
 100, as InstructPix2Pix's and MagicBrush's scripts use. The noise comes from a CPU generator seeded
 per sample, so outputs do not depend on the device. The result is resized back to the source's size.
 
@@ -29,6 +31,8 @@ class InstructPix2PixMethod(Method):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if "suffix" not in kwargs and self._trained_here():
+            self.options["suffix"] = ""  # its training text had no suffix
         self.pipe: Any = None
 
     def setup(self) -> None:

@@ -43,3 +43,14 @@ def test_readme_commands_run_the_shipped_editors(bench_dataset, tmp_path, one_th
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     if method == "referdiffusion":
         assert all(0 <= r["generation"]["mask_iou"] <= 1 for r in rows)
+    else:  # trained on the bare prompt, so the ip2p method sends it without the instruction suffix
+        assert results["method"]["config"]["options"]["suffix"] == ""
+        assert all(r["generation"]["prompt_sent"] == r["prompt"] for r in rows)
+
+
+def test_the_instruction_suffix_stays_for_models_not_trained_here_and_when_asked_for():
+    from benchmark.methods import INSTRUCTION_SUFFIX, create_method
+
+    assert create_method("ip2p", model="refshapes-ip2p").options["suffix"] == ""
+    assert create_method("ip2p", model="refshapes-ip2p", suffix=" now").options["suffix"] == " now"
+    assert create_method("ip2p", model="tiny-ip2p").options["suffix"] == INSTRUCTION_SUFFIX
