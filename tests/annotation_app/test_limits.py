@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from annotation_app import limits
-from annotation_app.errors import UploadError
+from annotation_app.errors import StateError, UploadError
 from annotation_app.handlers import annotate as A
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*")
@@ -117,7 +117,7 @@ def test_a_refusal_on_the_page_leaves_every_output_as_it_was():
 
     def refused(*_args):
         common.username(page_request)
-        return common.call(lambda: (_ for _ in ()).throw(A.StateError("pick the <object> first")))
+        return common.call(lambda: (_ for _ in ()).throw(StateError("pick the <object> first")))
 
     page_request = types.SimpleNamespace(headers={}, username="ann1", session_hash="s")
     out = common.guarded(refused, outputs, "message")()
