@@ -5,7 +5,9 @@ split, the first `limit` samples), with the benchmark's metrics; nothing here re
 otherwise, and no choice is made on it. The trained rows are run from their packaged folders (what a user
 gets), with the same sampler for all: the checkpoint's DDIM, `steps` steps, guidance 7.5 / 1.5, the whole
 referring prompt as is (the fine-tune row through the `ip2p` method with its instruction suffix off, so
-that it reads the prompt the rows were trained on).
+that it reads the prompt the rows were trained on). Beside them: identity, the oracle `seg_inpaint`, the
+reference edit, and the reference edit through `refshapes-vae` at 64 px, the ceiling of any editor that
+decodes through that VAE at that size.
 
     python -m referdiffusion.study.report evaluate --dataset EDITS --out EVAL [--limit 1200] [--steps 20]
     python -m referdiffusion.study.report table --out EVAL          # the markdown table (Table 2 layout)
@@ -62,6 +64,8 @@ ENTRIES: tuple[Entry, ...] = (
           ("--method", "referdiffusion", "--method-model", "refshapes-referdiffusion"),
           rem="yes", rcl="yes", stage1="yes", trained=True),
     Entry("reference", "reference edit (ceiling)", ("--method", "reference")),
+    Entry("reference_vae", "reference edit through refshapes-vae at 64 px (latent editors' ceiling)",
+          ("--method", "reference", "--method-option", "vae=refshapes-vae", "--size", "64")),
 )
 
 
@@ -163,14 +167,15 @@ def report_text(out: Path | str) -> str:
 
 
 def grid(out: Path | str, path: Path | str, count: int = 8) -> Path:
-    """One line per test sample (the first `count` of the reference run): source, reference edit, then each
-    trained row's output, at the dataset's size."""
+    """One line per test sample (the first `count` of the reference run): source, reference edit, the reference
+    edit through the VAE, then each trained row's output, at the dataset's size."""
     from PIL import Image, ImageDraw
 
     ref = Path(out) / "reference"
     samples = [json.loads(line) for line in (ref / "samples.jsonl").read_text().splitlines() if line][:count]
-    columns = [("source", "identity"), ("reference", "reference")] + [
-        (e.key, e.key) for e in ENTRIES if e.trained and (Path(out) / e.key / "outputs").is_dir()]
+    columns = [("source", "identity"), ("reference", "reference"), ("through VAE", "reference_vae")] + [
+        (e.key, e.key) for e in ENTRIES if e.trained]
+    columns = [c for c in columns if (Path(out) / c[1] / "outputs").is_dir()]
     first = Image.open(ref / "outputs" / f"{samples[0]['sample_id']}.png")
     w, h = first.size
     pad, top = 4, 14

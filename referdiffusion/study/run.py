@@ -106,7 +106,8 @@ def run_stage(p: Paths, stage: str, jobs: int = 2, vae: Path | None = None, limi
     elif stage == "evaluate":
         from refcoco_edit.models.resolver import env_var
 
-        env = {**os.environ, **{env_var(name): str(p.models / name) for name in package.PACKAGED.values()}}
+        names = (*package.PACKAGED.values(), package.VAE)  # what the study made, not what the package ships
+        env = {**os.environ, **{env_var(name): str(p.models / name) for name in names}}
         report.evaluate(p.rows / rows.EDITS, p.eval, limit, steps, env=env)
     elif stage == "report":
         p.report.mkdir(parents=True, exist_ok=True)

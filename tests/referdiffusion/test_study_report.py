@@ -33,6 +33,7 @@ def _run_folder(root, key, value, colour, mask_ious=None):
 def evaluated(tmp_path):
     _run_folder(tmp_path, "identity", 0.06, (10, 10, 10))
     _run_folder(tmp_path, "reference", 1.0, (250, 0, 0))
+    _run_folder(tmp_path, "reference_vae", 0.9, (250, 250, 0))
     _run_folder(tmp_path, "finetune", 0.2, (0, 250, 0))
     _run_folder(tmp_path, "rem", 0.3, (0, 0, 250), mask_ious=[0.5, 0.7, None])
     return tmp_path
@@ -42,7 +43,7 @@ def test_table_has_the_paper_layout_and_the_rem_mask_iou(evaluated):
     table = report.markdown_table(report.results(evaluated)).splitlines()
     assert table[0].startswith("| method | REM | RCL | stage 1 | fg_agreement")
     labels = [line.split("|")[1].strip() for line in table[2:]]
-    assert labels == [report.entry(k).label for k in ("identity", "finetune", "rem", "reference")]
+    assert labels == [report.entry(k).label for k in ("identity", "finetune", "rem", "reference", "reference_vae")]
     rem = table[4].split("|")
     assert rem[2].strip() == "yes" and rem[5].strip() == "0.300 [0.290, 0.310]"
     assert rem[10].strip().startswith("0.600 [")  # the mean of the REM's per-sample IoUs, None left out
@@ -54,9 +55,10 @@ def test_table_has_the_paper_layout_and_the_rem_mask_iou(evaluated):
 def test_grid_puts_each_output_in_its_column(evaluated, tmp_path):
     path = report.grid(evaluated, tmp_path / "docs" / "grid.png", count=2)
     img = np.asarray(Image.open(path))
-    columns = ["identity", "reference", "finetune", "rem"]  # source, reference, then the trained rows
+    columns = ["identity", "reference", "reference_vae", "finetune", "rem"]  # then the trained rows
     assert img.shape == (14 + 2 * 10 + 4, len(columns) * 12 + 4, 3)
-    expected = {"identity": (10, 10, 10), "reference": (250, 0, 0), "finetune": (0, 250, 0), "rem": (0, 0, 250)}
+    expected = {"identity": (10, 10, 10), "reference": (250, 0, 0), "reference_vae": (250, 250, 0),
+                "finetune": (0, 250, 0), "rem": (0, 0, 250)}
     for j, key in enumerate(columns):
         for i in range(2):
             y, x = 14 + 4 + i * 10 + 3, 4 + j * 12 + 4
