@@ -152,10 +152,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_app(store_path: Path, users: dict[str, tuple[str, str]], *, prepare: Callable[[Any], None] | None = None,
-              config: dict[str, Any] | None = None, **ctx_kwargs: Any) -> Iterator[tuple[str, Any, Path]]:
+              config: dict[str, Any] | None = None, **ctx_kwargs: Any) -> Iterator[tuple[str, Any, Path, Any]]:
     """The app as `refcoco-edit app` serves it, on a free loopback port, over a fresh store at
     `store_path` holding `users` ({name: (role, password)}); `prepare(ctx)` runs before the page is
-    built. Yields (url without a trailing slash, ctx, Gradio's file folder) and afterwards puts back
+    built. Yields (url without a trailing slash, ctx, Gradio's file folder, the Gradio app) and afterwards puts back
     what `configure_process` changed for the whole process (PIL's pixel limit, GRADIO_TEMP_DIR)."""
     from PIL import Image
 
@@ -174,7 +174,7 @@ def serve_app(store_path: Path, users: dict[str, tuple[str, str]], *, prepare: C
     port = free_port()
     demo = launch(ctx, port=port, block=False, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}", ctx, cache
+        yield f"http://127.0.0.1:{port}", ctx, cache, demo
     finally:
         demo.close()
         ctx.close()

@@ -102,7 +102,7 @@ def server(tmp_path_factory, tiny_cache):
 
     models = {"region_edit": "tiny-sd15", "composition": "tiny-paint-by-example", "inpaint": "tiny-sd-inpaint"}
     config = {"default_steps": 4, "max_candidates": 4, "pipeline_models": models}
-    with serve_app(tmp_path_factory.mktemp("app") / "store.sqlite", USERS, config=config) as (url, ctx, _):
+    with serve_app(tmp_path_factory.mktemp("app") / "store.sqlite", USERS, config=config) as (url, ctx, _, _):
         yield url, ctx
 
 

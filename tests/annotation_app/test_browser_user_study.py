@@ -53,7 +53,7 @@ def serving(folder: Path, refshapes, verdicts, manifest: Path, **options: bool):
         ctx.study.import_manifest(manifest)
 
     with serve_app(folder / "store.sqlite", USERS, prepare=prepare, data=refshapes, verdicts=verdicts,
-                   pipeline_factory=pipeline_factory) as (url, ctx, _):
+                   pipeline_factory=pipeline_factory) as (url, ctx, _, _):
         yield url, ctx
 
 

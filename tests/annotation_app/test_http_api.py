@@ -18,7 +18,7 @@ def app(tmp_path_factory, refshapes, verdicts):
 
     path = tmp_path_factory.mktemp("http") / "store.sqlite"
     with serve_app(path, USERS, data=refshapes, verdicts=verdicts, pipeline_factory=pipeline_factory) as (
-            url, ctx, cache):
+            url, ctx, cache, _):
         yield url + "/", ctx, cache
 
 

@@ -23,23 +23,12 @@ USERS = {"ann1": ("annotator", "ann1-password"), "ann2": ("annotator", "ann2-pas
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, refshapes, verdicts):
-    from annotation_app.app import launch
-    from annotation_app.context import AppConfig, AppContext
-    from tests.annotation_app.conftest import free_port, pipeline_factory
+    from tests.annotation_app.conftest import pipeline_factory, serve_app
 
     path = tmp_path_factory.mktemp("sessions") / "store.sqlite"
-    with Store.open(path, durable=False) as store:
-        for name, (role, pw) in USERS.items():
-            store.add_user(name, role, pw)
-    ctx = AppContext(AppConfig(store_path=path, durable=False), data=refshapes, verdicts=verdicts,
-                     pipeline_factory=pipeline_factory)
-    port = free_port()
-    demo = launch(ctx, port=port, block=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", ctx, demo
-    finally:
-        demo.close()
-        ctx.close()
+    with serve_app(path, USERS, data=refshapes, verdicts=verdicts, pipeline_factory=pipeline_factory) as (
+            url, ctx, _, demo):
+        yield url + "/", ctx, demo
 
 
 def sign_in(url: str, name: str, password: str | None = None):

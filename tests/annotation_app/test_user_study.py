@@ -364,7 +364,7 @@ def served(tmp_path_factory, refshapes, verdicts):
 
     path = tmp_path_factory.mktemp("study-http") / "store.sqlite"
     with serve_app(path, SERVED_USERS, data=refshapes, verdicts=verdicts, pipeline_factory=pipeline_factory) as (
-            url, ctx, cache):
+            url, ctx, cache, _):
         yield url + "/", ctx, cache
 
 
