@@ -183,6 +183,7 @@ def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "v
     pipe.set_progress_bar_config(disable=True)
     size = trained_size(checkpoint, default=None)
     outputs: dict[int, np.ndarray] = {}
+    mask_ious: list[float] = []
     generator = torch.Generator().manual_seed(seed)
     for sl in batches(len(records), batch_size):
         chunk = records[sl]
@@ -196,7 +197,14 @@ def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "v
                           image_guidance_scale=image_guidance_scale, generator=generator)
         for r, im in zip(chunk, result.images):
             outputs[r.edit_id] = np.asarray(im.convert("RGB").resize(full, Image.Resampling.LANCZOS))
-    scores = summary(score(study, records, lambda src, r: outputs[r.edit_id]))
+        # the REM's mask against the referred object's, as the benchmark measures it (a row without the REM
+        # trained has its initial REM, so the value means something for the REM rows only)
+        for r, m in zip(chunk, result.masks):
+            predicted = np.asarray(m.resize(full, Image.Resampling.NEAREST)) > 127
+            gt = study.object_mask(r).astype(bool)
+            mask_ious.append(float((predicted & gt).sum() / max(int((predicted | gt).sum()), 1)))
+    scores = summary({**score(study, records, lambda src, r: outputs[r.edit_id]),
+                      "rem_mask_iou": np.asarray(mask_ious)})
     return {"checkpoint": str(checkpoint), "role": role, "edits": len(records), "steps": steps, "prompt": prompt,
             "guidance": [guidance_scale, image_guidance_scale], **scores}
 

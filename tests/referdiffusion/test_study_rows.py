@@ -156,5 +156,6 @@ def test_a_row_trains_is_stopped_and_resumes_with_its_curve(refshapes, exported,
     scores = rows.evaluate_checkpoint(rest.final, refshapes, role="train", limit=2, steps=2, batch_size=2)
     assert scores["edits"] == 2 and set(scores) >= {"fg_agreement", "fg_psnr", "bg_psnr"}
     assert 0 <= scores["fg_agreement"]["mean"] <= 1 and scores["bg_psnr"]["n"] == 2
+    assert 0 <= scores["rem_mask_iou"]["mean"] <= 1 and scores["rem_mask_iou"]["n"] == 2
     with pytest.raises(InputError, match="test split"):
         rows.evaluate_checkpoint(rest.final, refshapes, role="test")
