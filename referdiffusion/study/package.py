@@ -125,6 +125,10 @@ def package_row(row: str, final: Path | str, models: Path | str = MODELS) -> dic
         for name, target in LINKS.items():
             (tmp / name).symlink_to(target, target_is_directory=True)
         (tmp / "README.md").write_text(card(row, pipe))
+        for config in tmp.glob("*/config.json"):  # where the weights were saved from: this machine's paths
+            data = json.loads(config.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     # the row's own files: os.walk does not enter the links to the shared folders
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(dest) for f in files)
     return {"row": row, "folder": str(dest), "text": text, "bytes": size}
@@ -133,7 +137,7 @@ def package_row(row: str, final: Path | str, models: Path | str = MODELS) -> dic
 ROW_TEXT = {
     "finetune": ("the study's fine-tune row: InstructPix2Pix's UNet trained from scratch, no REM, L_noise",
                  "diffusers' `StableDiffusionInstructPix2PixPipeline`", "rie-bench run --method ip2p "
-                 "--method-model refshapes-ip2p --method-option suffix= --dataset DIR --out RUN"),
+                 "--method-model refshapes-ip2p --dataset DIR --out RUN"),
     "rem": ("the study's +REM row: the UNet and the Region-Embedder Module, L_noise + L_mask + L_edit",
             "`referdiffusion.ReferDiffusionPipeline`", "rie-bench run --method referdiffusion "
             "--method-model refshapes-rem --dataset DIR --out RUN"),
