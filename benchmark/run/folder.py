@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -123,13 +123,32 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(dumps(r) + "\n" for r in rows))
 
 
-def check_run_file(out: Path, run_record: dict[str, Any], overwrite: bool, *, is_main: bool) -> None:
+def _with_new_defaults(old_method: Any, new_method: Any, option_defaults: Mapping[str, Any]) -> Any:
+    """`old_method` (run.json's method record) with the options it predates added at the value they have
+    now, when that value is their default: an option added later defaults to what the method did before
+    it existed, so the outputs already made stay this run's."""
+    if not isinstance(old_method, dict) or not isinstance(new_method, dict):
+        return old_method
+    old_opts, new_opts = old_method.get("options"), new_method.get("options")
+    if not isinstance(old_opts, dict) or not isinstance(new_opts, dict):
+        return old_method
+    added = {k: v for k, v in new_opts.items() if k not in old_opts and k in option_defaults
+             and v == option_defaults[k]}
+    return {**old_method, "options": {**old_opts, **added}} if added else old_method
+
+
+def check_run_file(out: Path, run_record: dict[str, Any], overwrite: bool, *, is_main: bool,
+                   option_defaults: Mapping[str, Any] | None = None) -> None:
     """Refuse to mix two configurations in one folder; `overwrite` clears the folder's run files.
+    `option_defaults` (the method's) lets a folder made before an option existed be resumed with
+    that option at its default.
 
     Only the main process (`is_main`) may clear the folder or rewrite run.json."""
     path = out / RUN_FILE
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
+        if option_defaults:
+            old["method"] = _with_new_defaults(old.get("method"), run_record.get("method"), option_defaults)
         keys = ("method", "seed", "dataset")
         differ = [k for k in keys if old.get(k) != run_record.get(k)]
         if differ and not overwrite:

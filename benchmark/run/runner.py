@@ -139,7 +139,7 @@ def run_benchmark(config: RunConfig, *, method: Method | None = None) -> RunSumm
     with layout.main_first():  # the main process builds `sample` and settles run.json first
         selection = open_selection(config.dataset, config.split, config.limit, progress=config.progress)
         check_run_file(out, {"method": method_config, "seed": config.seed, "dataset": selection.source},
-                       config.overwrite, is_main=layout.is_main)
+                       config.overwrite, is_main=layout.is_main, option_defaults=type(method).option_defaults)
     fingerprint = selection.fingerprint()
 
     indices = layout.indices(len(selection))

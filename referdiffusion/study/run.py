@@ -70,8 +70,9 @@ def done(p: Paths, stage: str) -> bool:
         return all((p.models / name / "model_index.json").is_file() for name in package.PACKAGED.values())
     if stage == "evaluate":
         return all((p.eval / e.key / "results.json").is_file() for e in report.ENTRIES)
-    if stage == "report":
-        return (p.report / "results.md").is_file()
+    if stage == "report":  # written after the last evaluation (an entry added later redoes it)
+        md = p.report / "results.md"
+        return md.is_file() and all(md.stat().st_mtime >= r.stat().st_mtime for r in p.eval.glob("*/results.json"))
     raise InputError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 

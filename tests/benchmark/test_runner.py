@@ -164,6 +164,20 @@ def test_a_folder_of_another_configuration_is_refused_unless_overwritten(bench_d
     assert (more.generated, more.cached) == (2, 2)
 
 
+def test_a_folder_made_before_an_option_existed_resumes_with_that_option_at_its_default(bench_dataset, tmp_path):
+    out = tmp_path / "run"
+    run_benchmark(_config(bench_dataset, out, limit=2))
+    record = json.loads((out / "run.json").read_text())
+    del record["method"]["options"]["delay"]  # as written by a version of the method without `delay`
+    (out / "run.json").write_text(json.dumps(record))
+    again = run_benchmark(_config(bench_dataset, out, limit=2))
+    assert (again.generated, again.cached) == (0, 2)
+    assert json.loads((out / "run.json").read_text())["method"]["options"]["delay"] == 0.0  # recorded now
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="another run"):  # not at its default: other outputs
+        run_benchmark(_config(bench_dataset, out, limit=2, method_options={"delay": 0.001}))
+
+
 def test_temporary_files_of_a_killed_write_are_removed_on_resume(bench_dataset, tmp_path):
     out = tmp_path / "run"
     run_benchmark(_config(bench_dataset, out, limit=2))
