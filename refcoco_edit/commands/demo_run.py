@@ -29,7 +29,7 @@ DEMO_METHODS: tuple[tuple[str, str, dict, dict], ...] = (
     ("identity", "identity", {}, {}),
     ("reference", "reference", {}, {}),
     ("seg_inpaint", "seg_inpaint", {"segmenter": "refshapes", "inpainter": "classical_inpaint"}, {}),
-    ("refshapes-ip2p", "ip2p", {"suffix": ""}, {"method_model": "refshapes-ip2p", "steps": 20}),
+    ("refshapes-ip2p", "ip2p", {}, {"method_model": "refshapes-ip2p", "steps": 20}),
     ("refshapes-referdiffusion", "referdiffusion", {}, {"method_model": "refshapes-referdiffusion", "steps": 20}),
 )
 DEMO_SPLIT = "testB"  # 48 samples: enough for confidence intervals, quick to score

@@ -4,8 +4,8 @@ Every entry is one `rie-bench run` on the RefCOCO-Edit export of RefShapes (spli
 split, the first `limit` samples), with the benchmark's metrics; nothing here reads the test split
 otherwise, and no choice is made on it. The trained rows are run from their packaged folders (what a user
 gets), with the same sampler for all: the checkpoint's DDIM, `steps` steps, guidance 7.5 / 1.5, the whole
-referring prompt as is (the fine-tune row through the `ip2p` method with its instruction suffix off, so
-that it reads the prompt the rows were trained on). Beside them: identity, the oracle `seg_inpaint`, the
+referring prompt as is (the fine-tune row through the `ip2p` method, which gives a model trained here the
+prompt it was trained on, without the instruction suffix). Beside them: identity, the oracle `seg_inpaint`, the
 reference edit, and the reference edit through `refshapes-vae` at 64 px, the ceiling of any editor that
 decodes through that VAE at that size.
 
@@ -53,7 +53,7 @@ ENTRIES: tuple[Entry, ...] = (
           ("--method", "seg_inpaint", "--method-option", "segmenter=gt", "--method-option",
            "inpainter=classical_inpaint")),
     Entry("finetune", "fine-tune (refshapes-ip2p)",
-          ("--method", "ip2p", "--method-model", "refshapes-ip2p", "--method-option", "suffix="),
+          ("--method", "ip2p", "--method-model", "refshapes-ip2p"),
           rem="-", rcl="-", stage1="-", trained=True),
     Entry("rem", "+REM (refshapes-rem)", ("--method", "referdiffusion", "--method-model", "refshapes-rem"),
           rem="yes", rcl="-", stage1="-", trained=True),
