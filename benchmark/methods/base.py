@@ -28,6 +28,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,25 +121,22 @@ class Method:
         folder = model_folder_of(self.model_name, self.overrides)
         return folder if folder is not None and Path(folder).is_dir() else None
 
-    def _trained_here(self) -> bool:
-        """Whether the model's local folder holds a training manifest, which `referdiffusion train`
-        writes: such a model learned RefCOCO-Edit's bare referring prompts."""
-        folder = self._model_folder()
-        if folder is None:
-            return False
-        from referdiffusion.train.manifest import read_manifest
-
-        return read_manifest(folder) is not None
-
-    def _trained_size(self) -> int | None:
-        """The longer side the model was trained at, from the training manifest in its local folder
-        (written by `referdiffusion train`); None for anything else (Hub ids, models without one)."""
+    @cached_property
+    def training_manifest(self) -> dict[str, Any] | None:
+        """The training manifest in the model's local folder, which `referdiffusion train` writes (read
+        once); None for anything else (Hub ids, models without one)."""
         folder = self._model_folder()
         if folder is None:
             return None
-        from referdiffusion.train.manifest import trained_size
+        from referdiffusion.train.manifest import read_manifest
 
-        return trained_size(folder, default=None)
+        return read_manifest(folder)
+
+    def _trained_size(self) -> int | None:
+        """The longer side the model was trained at, from its training manifest; None without one."""
+        from referdiffusion.train.manifest import manifest_size
+
+        return manifest_size(self.training_manifest, default=None)
 
     # ---- life cycle
     def availability(self) -> str | None:

@@ -31,8 +31,8 @@ class InstructPix2PixMethod(Method):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if "suffix" not in kwargs and self._trained_here():
-            self.options["suffix"] = ""  # its training text had no suffix
+        if "suffix" not in kwargs and self.training_manifest is not None:
+            self.options["suffix"] = ""  # trained here on the bare prompt
         self.pipe: Any = None
 
     def setup(self) -> None:

@@ -151,7 +151,11 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
 def trained_size(folder: Path | str, default: int | None = 512) -> int | None:
     """The longer side a checkpoint was trained at (its manifest's preprocessing), so that editing and
     evaluation feed it pictures of that size; `default` (the protocol's 512) without a manifest."""
-    manifest = read_manifest(folder)
+    return manifest_size(read_manifest(folder), default)
+
+
+def manifest_size(manifest: dict[str, Any] | None, default: int | None = 512) -> int | None:
+    """`trained_size` of a manifest already read (None: no manifest)."""
     size = ((manifest or {}).get("preprocess") or {}).get("size")
     return int(size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else default
 
