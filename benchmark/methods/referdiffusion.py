@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmark.methods.base import EditResult, Method
 from refcoco_edit.errors import ModelNotAvailableError
+from refcoco_edit.imaging.masks import mask_iou
 
 ENV = "REFCOCO_EDIT_MODEL_REFERDIFFUSION"
 
@@ -118,7 +119,5 @@ class ReferDiffusionMethod(Method):
         info: dict[str, Any] = {}
         if sample.source_mask is not None:
             predicted = np.asarray(out.masks[0].resize(source.size, Image.Resampling.NEAREST)) > 127
-            gt = np.asarray(sample.source_mask).astype(bool)
-            union = int((predicted | gt).sum())
-            info["mask_iou"] = float((predicted & gt).sum() / union) if union else None
+            info["mask_iou"] = mask_iou(predicted, sample.source_mask)
         return EditResult(back_to_source(out.images[0], source.size), info)

@@ -26,6 +26,7 @@ import numpy as np
 
 from benchmark.methods.base import EditResult, Method
 from refcoco_edit.errors import InputError
+from refcoco_edit.imaging.masks import mask_iou
 from refcoco_edit.pipelines.capabilities import EditPipeline, EditRequest
 
 INPAINTERS = ("inpaint", "classical_inpaint")  # the built-in removal pipelines (others may be registered)
@@ -91,9 +92,7 @@ class SegInpaintMethod(Method):
         area = int(mask.sum())
         info: dict[str, Any] = {"segmenter": self.segmenter.name or self.options["segmenter"], "mask_area": area}
         if sample.source_mask is not None and np.asarray(sample.source_mask).shape == mask.shape:
-            gt = np.asarray(sample.source_mask).astype(bool)
-            union = int((gt | mask.astype(bool)).sum())
-            info["mask_iou"] = float((gt & mask.astype(bool)).sum() / union) if union else None
+            info["mask_iou"] = mask_iou(mask, sample.source_mask)
         if area == 0 or area == mask.size:
             info["skipped"] = "empty segmentation" if area == 0 else "segmentation covers the whole image"
             return EditResult(source.convert("RGB"), info)

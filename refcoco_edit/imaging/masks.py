@@ -1,5 +1,5 @@
 """Binary masks on disk (8-bit PNG files of 0 and 255, the form every tool can open), and the
-dataset's background invariant.
+dataset's background invariant, and the IoU of two masks.
 
 The invariant: a stored sample's edited image I_e equals its source I_s at every pixel outside its
 edit mask M_e. M_e is the area the edit is; everything else is background, and the background of
@@ -105,3 +105,10 @@ def keep_background(source: Any, edited: Any, edit_mask: Any) -> Any:
     fixed = out.copy()
     fixed[differs] = src[differs]
     return Image.fromarray(fixed, "RGB") if isinstance(edited, Image.Image) else fixed
+
+
+def mask_iou(predicted: Any, reference: Any) -> float | None:
+    """Intersection over union of two same-shape masks (nonzero is inside); None when both are empty."""
+    a, b = np.asarray(predicted).astype(bool), np.asarray(reference).astype(bool)
+    union = int((a | b).sum())
+    return float((a & b).sum() / union) if union else None

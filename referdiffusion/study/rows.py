@@ -165,6 +165,7 @@ def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "v
     import torch
     from PIL import Image
 
+    from refcoco_edit.imaging.masks import mask_iou
     from refcoco_edit.pipelines.base import working_size
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.study.data import RefShapesStudy, batches
@@ -200,9 +201,8 @@ def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "v
         # the REM's mask against the referred object's, as the benchmark measures it (a row without the REM
         # trained has its initial REM, so the value means something for the REM rows only)
         for r, m in zip(chunk, result.masks):
-            predicted = np.asarray(m.resize(full, Image.Resampling.NEAREST)) > 127
-            gt = study.object_mask(r).astype(bool)
-            mask_ious.append(float((predicted & gt).sum() / max(int((predicted | gt).sum()), 1)))
+            iou = mask_iou(np.asarray(m.resize(full, Image.Resampling.NEAREST)) > 127, study.object_mask(r))
+            mask_ious.append(0.0 if iou is None else iou)
     scores = summary({**score(study, records, lambda src, r: outputs[r.edit_id]),
                       "rem_mask_iou": np.asarray(mask_ious)})
     return {"checkpoint": str(checkpoint), "role": role, "edits": len(records), "steps": steps, "prompt": prompt,
