@@ -11,6 +11,7 @@ decodes through that VAE at that size.
 
     python -m referdiffusion.study.report evaluate --dataset EDITS --out EVAL [--limit 1200] [--steps 20]
     python -m referdiffusion.study.report table --out EVAL          # the markdown table (Table 2 layout)
+    python -m referdiffusion.study.report seeds --out EVAL0 --out EVAL1 --out EVAL2   # rows across seeds
     python -m referdiffusion.study.report figures --out EVAL --rows ROWS_ROOT --docs docs/refshapes
 """
 
@@ -166,6 +167,34 @@ def report_text(out: Path | str) -> str:
     return markdown_table(res) + "\n\nfg_agreement by edit type:\n\n" + by_type_table(res)
 
 
+SEED_METRICS = (("fg_agreement", 3), ("psnr_fg", 1), ("psnr_bg", 1), ("loc_iou", 3), ("mask_iou", 3))
+
+
+def seeds_table(outs: list[Path | str]) -> str:
+    """The trained rows across training seeds, one evaluation root per seed (`study.run --seed N`): for each
+    metric the mean over the seeds, their standard deviation, and each seed's value in the order given.
+
+    The bootstrap intervals of the main table measure the test sample; this one measures the training run."""
+    per_seed = [results(out) for out in outs]
+    head = "| method | seeds | " + " | ".join(f"{name} ↑" for name, _ in SEED_METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(SEED_METRICS) + 2)]
+    for e in ENTRIES:
+        runs = [res[e.key] for res in per_seed if e.key in res]
+        if not e.trained or not runs:
+            continue
+        cells = []
+        for name, digits in SEED_METRICS:
+            values = [r[name][0] for r in runs if r.get(name) is not None]
+            if not values or (name == "mask_iou" and e.rem != "yes"):
+                cells.append("")
+                continue
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            each = ", ".join(f"{v:.{digits}f}" for v in values)
+            cells.append(f"{np.mean(values):.{digits}f} ± {sd:.{digits}f} ({each})")
+        lines.append(f"| {e.label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def grid(out: Path | str, path: Path | str, count: int = 8) -> Path:
     """One line per test sample (the first `count` of the reference run): source, reference edit, the reference
     edit through the VAE, then each trained row's output, at the dataset's size."""
@@ -266,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--only", action="append", help="run this entry only (repeatable)")
     pt = sub.add_parser("table", help="print the results table (markdown)")
     pt.add_argument("--out", required=True, type=Path)
+    ps = sub.add_parser("seeds", help="print the rows across training seeds (markdown)")
+    ps.add_argument("--out", required=True, type=Path, action="append",
+                    help="one seed's evaluation root (repeat: seed 0 first)")
     pf = sub.add_parser("figures", help="write the image grid and the loss curves")
     pf.add_argument("--out", required=True, type=Path)
     pf.add_argument("--rows", required=True, type=Path, help="the rows' root (python -m referdiffusion.study.rows)")
@@ -275,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluate(args.dataset, args.out, args.limit, args.steps, args.only)
     elif args.cmd == "table":
         print(report_text(args.out))
+    elif args.cmd == "seeds":
+        print(seeds_table(args.out))
     else:
         print(grid(args.out, args.docs / "refshapes-grid.png"))
         print(curves_plot(row_curves(args.rows), args.docs / "refshapes-curves.png"))

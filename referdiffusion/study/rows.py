@@ -58,7 +58,7 @@ def row_overrides(row: str, root: Path | str = ROOT) -> list[str]:
     return out
 
 
-def _link(target: Path, link: Path) -> None:
+def link_folder(target: Path, link: Path) -> None:
     target = target.expanduser().absolute()
     if not target.is_dir():
         raise InputError(f"{target} is not a folder")
@@ -72,14 +72,15 @@ def _link(target: Path, link: Path) -> None:
 
 def prepare(root: Path | str = ROOT, data: Path | str | None = None, *, vae: Path | str | None = None,
             edits: Path | str | None = None, synth: Path | str | None = None, base: Path | str | None = None,
-            rescale_vae: bool = False) -> dict[str, str]:
-    """Make (or link) the rows' three inputs under `root`; what each is. Folders already there are kept."""
+            rescale_vae: bool = False, seed: int = 0) -> dict[str, str]:
+    """Make (or link) the rows' three inputs under `root`; what each is. Folders already there are kept.
+    `seed` draws the starting checkpoint's UNet and REM (another training seed of the same rows)."""
     root = Path(root)
     made: dict[str, str] = {}
     for name, given, rel in (("edits", edits, EDITS), ("synth", synth, SYNTH), ("base", base, BASE)):
         dest = root / rel
         if given is not None:
-            _link(Path(given), dest)
+            link_folder(Path(given), dest)
             made[name] = f"linked {given}"
         elif dest.exists():
             made[name] = "kept"
@@ -102,21 +103,30 @@ def prepare(root: Path | str = ROOT, data: Path | str | None = None, *, vae: Pat
             from referdiffusion.study.data import RefShapesStudy, to_tensor
 
             images = to_tensor(RefShapesStudy(data).images("train", limit=256, seed=0))
-            note = write_checkpoint(dest, vae, scaling_images=images, rescale_vae=rescale_vae)
-            made[name] = f"written (VAE: {note['vae']})"
+            note = write_checkpoint(dest, vae, seed, scaling_images=images, rescale_vae=rescale_vae)
+            made[name] = f"written (VAE: {note['vae']}, seed {seed})"
     return made
 
 
 def run_row(row: str, root: Path | str = ROOT, max_steps: int | None = None, extra: list[str] | tuple = (),
             progress: bool = True) -> Any:
-    """Train `row` on one torch thread, from its last checkpoint when there is one."""
+    """Train `row` on one torch thread, from its last checkpoint when there is one, with the training seed
+    its starting checkpoint was drawn with (`prepare --seed`)."""
     import torch
 
     from referdiffusion.train import load_config, train
 
     torch.set_num_threads(1)
-    cfg = load_config(config_name(row), [*row_overrides(row, root), *extra])
+    seed = base_seed(root)
+    seeded = [f"seed={seed}"] if seed else []  # a root started from another seed's checkpoint trains with it
+    cfg = load_config(config_name(row), [*row_overrides(row, root), *seeded, *extra])
     return train(cfg, max_steps=max_steps, resume=True, progress=progress)
+
+
+def base_seed(root: Path | str = ROOT) -> int:
+    """The seed the starting checkpoint under `root` was drawn with (0 for one written before seeds were kept)."""
+    note = Path(root) / BASE / "study_base.json"
+    return int(json.loads(note.read_text()).get("seed", 0)) if note.is_file() else 0
 
 
 def curve(run_dir: Path | str, tag: str = "train/loss") -> list[tuple[int, float]]:
@@ -217,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--data", type=Path, help="the RefShapes folder (`refcoco-edit sample --out`)")
     pp.add_argument("--vae", help="a trained VAE folder or 'random' (default: refshapes-vae when shipped, else random)")
     pp.add_argument("--rescale-vae", action="store_true", help="measure --vae's scaling factor on 256 train images")
+    pp.add_argument("--seed", type=int, default=0, help="seed of the starting UNet and REM (0: the shipped rows)")
     for name in ("edits", "synth", "base"):
         pp.add_argument(f"--{name}", type=Path, help=f"link this existing folder as the {name} input")
     pr = sub.add_parser("run", help="train a row (resumes after a kill)")
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "prepare":
         print(json.dumps(prepare(args.root, args.data, vae=args.vae, edits=args.edits, synth=args.synth,
-                                 base=args.base, rescale_vae=args.rescale_vae)))
+                                 base=args.base, rescale_vae=args.rescale_vae, seed=args.seed)))
     elif args.cmd == "run":
         result = run_row(args.row, args.root, args.max_steps, args.overrides, progress=not args.no_progress)
         print(json.dumps({"row": args.row, "global_step": result.global_step, "final": str(result.final)}))

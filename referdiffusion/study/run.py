@@ -21,6 +21,12 @@ from its cached outputs. Stages:
 - report: the table, the image grid and the loss curves -> `report/`.
 
 `--vae DIR` skips training and uses that VAE (the packaged `refshapes-vae` reproduces the shipped rows).
+`--seed N` trains the rows from a starting checkpoint drawn with seed N, with training seed N (data order,
+noise): another training seed of the same study; such a root evaluates its rows only (the reference methods
+do not depend on the seed). `--reuse ROOT` links the data, the VAE and the rows' datasets of another root
+instead of making them again (they do not depend on the seed either):
+
+    python -m referdiffusion.study.run --root DIR-seed1 --seed 1 --reuse DIR
 On this machine's two cores: data about 4 minutes, the VAE about an hour, the export 25 minutes, the four
 rows about an hour with two jobs, the evaluation about 20 minutes.
 """
@@ -43,8 +49,9 @@ VAE_RUNS = (("--steps", "4000", "--stop-at", "1014"), ("--steps", "2500"))  # th
 
 
 class Paths:
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, seed: int = 0) -> None:
         self.root = Path(root)
+        self.seed = seed
         self.data = self.root / "refshapes"
         self.vae_run = self.root / "vae"
         self.models = self.root / "models"
@@ -55,6 +62,10 @@ class Paths:
 
     def final(self, row: str) -> Path:
         return self.rows / "rows" / row / "final"
+
+    def entries(self) -> list[str]:
+        """What the evaluation runs: every entry for seed 0, the trained rows only for another seed."""
+        return [e.key for e in report.ENTRIES if e.trained or not self.seed]
 
 
 def done(p: Paths, stage: str) -> bool:
@@ -69,7 +80,7 @@ def done(p: Paths, stage: str) -> bool:
     if stage == "package":
         return all((p.models / name / "model_index.json").is_file() for name in package.PACKAGED.values())
     if stage == "evaluate":
-        return all((p.eval / e.key / "results.json").is_file() for e in report.ENTRIES)
+        return all((p.eval / key / "results.json").is_file() for key in p.entries())
     if stage == "report":  # written after the last evaluation (an entry added later redoes it)
         md = p.report / "results.md"
         return md.is_file() and all(md.stat().st_mtime >= r.stat().st_mtime for r in p.eval.glob("*/results.json"))
@@ -80,9 +91,20 @@ def _python(*args: str, env: dict[str, str] | None = None) -> None:
     subprocess.run([sys.executable, *args], check=True, env=env)
 
 
-def run_stage(p: Paths, stage: str, jobs: int = 2, vae: Path | None = None, limit: int = 1200, steps: int = 20) -> None:
-    if stage == "data":
+def _check_seed(p: Paths) -> None:
+    if (p.rows / rows.BASE).exists() and rows.base_seed(p.rows) != p.seed:
+        raise InputError(f"{p.rows / rows.BASE} was drawn with seed {rows.base_seed(p.rows)}, not {p.seed}: "
+                         "use another --root for another seed")
+
+
+def run_stage(p: Paths, stage: str, jobs: int = 2, vae: Path | None = None, limit: int = 1200, steps: int = 20,
+              reuse: Paths | None = None) -> None:
+    if stage == "data" and reuse is not None:
+        rows.link_folder(reuse.data, p.data)
+    elif stage == "data":
         _python("-m", "refcoco_edit.cli", "sample", *SAMPLE_ARGS, "--out", str(p.data))
+    elif stage == "vae" and vae is None and reuse is not None:
+        shutil.copytree(reuse.vae, p.vae)
     elif stage == "vae":
         if vae is not None:
             shutil.copytree(vae, p.vae)
@@ -92,8 +114,11 @@ def run_stage(p: Paths, stage: str, jobs: int = 2, vae: Path | None = None, limi
         _python("-m", "referdiffusion.study.vae", "export", "--data", str(p.data), "--vae", str(p.vae_run / "best"),
                 "--out", str(p.vae))
     elif stage == "inputs":
-        rows.prepare(p.rows, p.data, vae=p.vae)
+        _check_seed(p)
+        linked = {} if reuse is None else {"edits": reuse.rows / rows.EDITS, "synth": reuse.rows / rows.SYNTH}
+        rows.prepare(p.rows, p.data, vae=p.vae, seed=p.seed, **linked)
     elif stage == "rows":
+        _check_seed(p)
         todo = [r for r in rows.ROWS if not (p.final(r) / "model_index.json").is_file()]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         for start in range(0, len(todo), max(1, jobs)):
@@ -109,10 +134,11 @@ def run_stage(p: Paths, stage: str, jobs: int = 2, vae: Path | None = None, limi
 
         names = (*package.PACKAGED.values(), package.VAE)  # what the study made, not what the package ships
         env = {**os.environ, **{env_var(name): str(p.models / name) for name in names}}
-        report.evaluate(p.rows / rows.EDITS, p.eval, limit, steps, env=env)
+        report.evaluate(p.rows / rows.EDITS, p.eval, limit, steps, keys=p.entries(), env=env)
     elif stage == "report":
         p.report.mkdir(parents=True, exist_ok=True)
-        report.grid(p.eval, p.report / "refshapes-grid.png")
+        if (p.eval / "reference" / "results.json").is_file():  # the grid's first columns
+            report.grid(p.eval, p.report / "refshapes-grid.png")
         report.curves_plot(report.row_curves(p.rows), p.report / "refshapes-curves.png")
         (p.report / "results.md").write_text(report.report_text(p.eval) + "\n")
     else:
@@ -125,11 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage")
     ap.add_argument("--jobs", type=int, default=2, help="rows trained at a time (one thread each)")
     ap.add_argument("--vae", type=Path, default=None, help="use this VAE folder instead of training one")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the rows' seed: initial weights, data order, noise (default: the root's, else 0)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="another study root whose data, VAE and datasets to link instead of making them")
     ap.add_argument("--limit", type=int, default=1200, help="test samples evaluated")
     ap.add_argument("--steps", type=int, default=20, help="sampling steps of the trained rows")
     ap.add_argument("action", nargs="?", choices=["run", "status"], default="run")
     args = ap.parse_args(argv)
-    p = Paths(args.root)
+    seed = args.seed
+    if seed is None:  # a root already started keeps its seed
+        seed = rows.base_seed(args.root / "rows") if (args.root / "rows" / rows.BASE).exists() else 0
+    p = Paths(args.root, seed)
+    reuse = None if args.reuse is None else Paths(args.reuse)
+    if reuse is not None and not done(reuse, "inputs"):
+        raise InputError(f"{args.reuse} has no finished data, VAE and inputs to reuse")
     if args.action == "status":
         for i, stage in enumerate(STAGES, 1):
             print(f"[study] {i}/{len(STAGES)} {stage}: {'done' if done(p, stage) else 'to do'}")
@@ -142,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[study] {i}/{len(STAGES)} {stage}: done", flush=True)
             continue
         print(f"[study] {i}/{len(STAGES)} {stage}: running", flush=True)
-        run_stage(p, stage, jobs=args.jobs, vae=args.vae, limit=args.limit, steps=args.steps)
+        run_stage(p, stage, jobs=args.jobs, vae=args.vae, limit=args.limit, steps=args.steps, reuse=reuse)
         print(f"[study] {i}/{len(STAGES)} {stage}: finished", flush=True)
     return 0
 

@@ -52,6 +52,21 @@ def test_table_has_the_paper_layout_and_the_rem_mask_iou(evaluated):
     assert report.report_text(evaluated).endswith(report.by_type_table(report.results(evaluated)))
 
 
+def test_seeds_table_gives_each_seed_its_value_their_mean_and_spread(evaluated, tmp_path):
+    other = tmp_path / "seed1"
+    _run_folder(other, "finetune", 0.3, (0, 250, 0))
+    _run_folder(other, "rem", 0.1, (0, 0, 250), mask_ious=[0.1, 0.3, 0.2])
+    lines = report.seeds_table([evaluated, other]).splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == [report.entry(k).label for k in ("finetune", "rem")]
+    finetune, rem = (line.split("|") for line in lines[2:])
+    assert finetune[2].strip() == "2" and finetune[3].strip() == "0.250 ± 0.071 (0.200, 0.300)"
+    assert finetune[7].strip() == ""  # no REM, no mask IoU
+    assert rem[3].strip() == "0.200 ± 0.141 (0.300, 0.100)"  # in the order the roots were given
+    assert rem[7].strip() == "0.400 ± 0.283 (0.600, 0.200)"
+    assert "n/a" not in report.seeds_table([evaluated])  # one seed: its value, no spread
+    assert "0.200 ± nan (0.200)" in report.seeds_table([evaluated])
+
+
 def test_grid_puts_each_output_in_its_column(evaluated, tmp_path):
     path = report.grid(evaluated, tmp_path / "docs" / "grid.png", count=2)
     img = np.asarray(Image.open(path))
@@ -89,3 +104,59 @@ def test_study_command_skips_finished_stages_and_stops_at_until(tmp_path, monkey
     assert "[study] 4/7 rows: to do" in capsys.readouterr().out
     with pytest.raises(Exception, match="unknown stage"):
         study.done(p, "nope")
+
+
+def test_another_seed_reuses_the_inputs_and_evaluates_only_its_rows(tmp_path, monkeypatch, capsys):
+    from referdiffusion.study import rows
+
+    first = study.Paths(tmp_path / "seed0")
+    (first.data / "refshapes").mkdir(parents=True)
+    (first.data / "refshapes" / "instances.json").write_text("{}")
+    first.vae.mkdir(parents=True)
+    (first.vae / "config.json").write_text("{}")
+    for rel in (rows.BASE, rows.EDITS, rows.SYNTH):
+        (first.rows / rel).mkdir(parents=True)
+    prepared = {}
+
+    def prepare(root, data, **kw):
+        prepared.update(kw, root=root, data=data)
+        rows.link_folder(kw["edits"], root / rows.EDITS)
+        rows.link_folder(kw["synth"], root / rows.SYNTH)
+        (root / rows.BASE).mkdir(parents=True)
+        (root / rows.BASE / "study_base.json").write_text(json.dumps({"seed": kw["seed"]}))
+
+    monkeypatch.setattr(rows, "prepare", prepare)
+    second = tmp_path / "seed1"
+    with pytest.raises(Exception, match="no finished data"):
+        study.main(["--root", str(second), "--seed", "1", "--reuse", str(tmp_path / "nothing")])
+    assert study.main(["--root", str(second), "--seed", "1", "--reuse", str(first.root), "--until", "inputs"]) == 0
+    p = study.Paths(second, 1)
+    assert p.data.resolve() == first.data.resolve() and (p.vae / "config.json").is_file()
+    assert prepared["seed"] == 1 and prepared["edits"] == first.rows / rows.EDITS
+    assert rows.base_seed(p.rows) == 1 and rows.base_seed(first.rows) == 0  # no note: a root from before seeds
+    # the root keeps its seed: status needs no --seed, and another seed is refused
+    capsys.readouterr()
+    assert study.main(["--root", str(second), "status"]) == 0
+    assert "3/7 inputs: done" in capsys.readouterr().out
+    with pytest.raises(Exception, match="drawn with seed 1, not 2"):
+        study.run_stage(study.Paths(second, 2), "rows")
+    # the reference methods do not depend on the seed: another seed evaluates the trained rows only
+    assert p.entries() == [e.key for e in report.ENTRIES if e.trained]
+    assert study.Paths(second).entries() == [e.key for e in report.ENTRIES]
+    for key in p.entries():
+        (p.eval / key).mkdir(parents=True)
+        (p.eval / key / "results.json").write_text("{}")
+    assert study.done(p, "evaluate") and not study.done(study.Paths(second), "evaluate")
+
+
+def test_a_seeded_root_trains_its_rows_with_that_seed(tmp_path, monkeypatch):
+    from referdiffusion import train as trainer
+    from referdiffusion.study import rows
+
+    (tmp_path / rows.BASE).mkdir(parents=True)
+    (tmp_path / rows.BASE / "study_base.json").write_text(json.dumps({"seed": 2}))
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kw: seen.append(cfg.seed))
+    rows.run_row("finetune", tmp_path)
+    rows.run_row("finetune", tmp_path, extra=["seed=5"])  # an explicit override still wins
+    assert seen == [2, 5]
