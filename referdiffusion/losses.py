@@ -278,7 +278,7 @@ def compute_losses(
         raise InputError("L_mask and L_edit need the REM: set their weights to 0 to train without it")
     if not any(config.enabled(t) for t in TERMS):
         raise InputError("every loss weight is 0: nothing to train")
-    device = unet.device
+    device, dtype = unet.device, unet.dtype  # read once: on a diffusers model each read walks every module
     if scaling_factor is None:
         if vae is None:
             raise InputError("pass the vae or scaling_factor")
@@ -286,18 +286,19 @@ def compute_losses(
 
     # latents
     with torch.no_grad():
+        pixel_dtype = vae.dtype if vae is not None else None  # read once, as the UNet's above
         if batch.get("edited_latents") is not None:
             latents = batch["edited_latents"].to(device)
         else:
-            pixels = _require(batch, "edited_pixel_values", "the diffusion target").to(device, vae.dtype)
+            pixels = _require(batch, "edited_pixel_values", "the diffusion target").to(device, pixel_dtype)
             latents = vae.encode(pixels).latent_dist.sample(generator=generator) * scaling_factor
         if batch.get("source_latents") is not None:
             source_latents = batch["source_latents"].to(device)
         else:
-            pixels = _require(batch, "source_pixel_values", "the image condition").to(device, vae.dtype)
+            pixels = _require(batch, "source_pixel_values", "the image condition").to(device, pixel_dtype)
             source_latents = vae.encode(pixels).latent_dist.mode()
-    latents = latents.to(unet.dtype)
-    source_latents = source_latents.to(unet.dtype)
+    latents = latents.to(dtype)
+    source_latents = source_latents.to(dtype)
     bsz = latents.shape[0]
     h, w = latents.shape[-2:]
     drop_text = _flags(batch, "drop_text", bsz, device)
@@ -341,7 +342,7 @@ def compute_losses(
         sel = drop_text.view(-1, 1, 1)
         prompt_embeds = torch.where(sel, null_embeds.to(prompt_embeds.dtype).expand_as(prompt_embeds), prompt_embeds)
         token_mask = torch.where(sel.view(-1, 1), null_mask.to(token_mask.dtype).expand_as(token_mask), token_mask)
-    prompt_embeds = prompt_embeds.to(unet.dtype)
+    prompt_embeds = prompt_embeds.to(dtype)
     image_cond = source_latents * (~drop_image).to(source_latents.dtype).view(-1, 1, 1, 1)
 
     # REM and UNet
