@@ -12,6 +12,7 @@ from benchmark.leaderboard.runs import RunEntry
 LEADERBOARD_SCHEMA = "rie-bench/leaderboard/v1"
 FORMATS = ("md", "html", "json")
 UP, DOWN = "↑", "↓"
+CELL_KEYS = ("value", "ci", "n", "available", "reason", "version")  # of each run's metric in the JSON board
 CONTAMINATED = "†"  # after a run's label: its model was trained on some of the evaluation pictures
 
 
@@ -84,6 +85,13 @@ def warnings_for(runs: Sequence[RunEntry]) -> list[str]:
         seen = {r.label: (r.results.get("metrics_config") or {}).get(key) for r in runs}
         if len(set(seen.values())) > 1:
             out.append(f"runs used different {key} settings: " + ", ".join(f"{k} {v}" for k, v in seen.items()))
+    names = dict.fromkeys(name for r in runs for name in r.metrics)
+    for name in names:
+        versions = {r.label: (r.metrics.get(name) or {}).get("version", 1) for r in runs if name in r.metrics}
+        if len(set(versions.values())) > 1:
+            out.append(f"runs scored {name} with different versions of the metric ("
+                       + ", ".join(f"{k} v{v}" for k, v in versions.items())
+                       + "); `rie-bench score` scores a run's outputs again with the current one")
     return out
 
 
@@ -142,8 +150,7 @@ def leaderboard_dict(runs: Sequence[RunEntry]) -> dict[str, Any]:
         "runs": [{"label": r.label, "method": (r.results.get("method") or {}).get("name"), "folder": str(r.folder),
                   "contaminated": contamination(r) is not None, "contamination": r.results.get("contamination"),
                   "fingerprint": r.fingerprint, "samples": (r.results.get("dataset") or {}).get("samples"),
-                  "metrics": {n: {k: r.metrics.get(n, {}).get(k) for k in ("value", "ci", "n", "available", "reason")}
-                              for n, _ in cols},
+                  "metrics": {n: {k: r.metrics.get(n, {}).get(k) for k in CELL_KEYS} for n, _ in cols},
                   "by_edit_type": {n: (r.metrics.get(n) or {}).get("by_edit_type", {}) for n, _ in cols}}
                  for r in runs],
         "best": {n: [runs[i].label for i in idx] for n, idx in best.items()},

@@ -143,6 +143,8 @@ class Metric:
 
     - `name`: the registry name; `outputs`: the result names it produces (default `(name,)`);
     - `higher_is_better`: one flag for all outputs;
+    - `version`: the definition's version, written beside every result (results.json); raised whenever a
+      change to the metric would change its numbers, so that old and new results are told apart;
     - `requires`: model names (resolver names) it loads; instances may set their own;
     - `setup()`: loads models on first use; a `ModelNotAvailableError` there marks the metric
       unavailable (with the error's message as reason) instead of failing the run;
@@ -153,6 +155,7 @@ class Metric:
     outputs: ClassVar[tuple[str, ...]] = ()
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    version: ClassVar[int] = 1
     requires: tuple[str, ...] = ()
     # The reason given when a run has no applicable sample at all.
     empty_reason: ClassVar[str] = "no sample to which the metric applies"
@@ -259,7 +262,8 @@ class Metric:
         results: dict[str, MetricResult] = {}
         for out in self.output_names():
             if self._unavailable is not None:
-                results[out] = MetricResult(out, self.higher_is_better, available=False, reason=self._unavailable)
+                results[out] = MetricResult(out, self.higher_is_better, available=False, reason=self._unavailable,
+                                            version=self.version)
                 continue
             results[out] = summarize(
                 out,
@@ -272,6 +276,7 @@ class Metric:
                 seed=self.seed,
                 empty_reason=self.empty_reason,
             )
+            results[out].version = self.version
         return results
 
 

@@ -16,8 +16,11 @@ class MetricResult:
     """The summary of one metric output over a run; `to_dict` is the results schema's entry.
 
     Schema of `to_dict()` (JSON-ready): {"value": float|None, "ci": [lo, hi] (floats or None),
-    "n": int, "higher_is_better": bool, "available": bool, "reason": str|None,
+    "n": int, "higher_is_better": bool, "available": bool, "reason": str|None, "version": int,
     "by_edit_type": {group: {"value", "ci", "n"}}, "by_pipeline": {group: {"value", "ci", "n"}}}.
+
+    `version` is the metric's definition version (`Metric.version`): two results compare only when
+    it is the same. A results file written before versions were recorded counts as version 1.
     """
 
     name: str
@@ -29,6 +32,7 @@ class MetricResult:
     reason: str | None = None
     by_edit_type: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_pipeline: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +42,7 @@ class MetricResult:
             "higher_is_better": self.higher_is_better,
             "available": self.available,
             "reason": self.reason,
+            "version": self.version,
             "by_edit_type": self.by_edit_type,
             "by_pipeline": self.by_pipeline,
         }

@@ -123,7 +123,8 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], config: ScoreConfig,
     for name, metric in build_metrics(config).items():
         if name in unavailable:
             for out in metric.output_names():
-                results[out] = MetricResult(out, metric.higher_is_better, available=False, reason=unavailable[name])
+                results[out] = MetricResult(out, metric.higher_is_better, available=False, reason=unavailable[name],
+                                            version=metric.version)
             continue
         metric.record(rows)
         results.update(metric.compute())

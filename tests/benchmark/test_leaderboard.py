@@ -171,3 +171,32 @@ def test_image_grid_rows_are_as_tall_as_their_pictures():
     assert tuple(px[4 + 75 + 4, 4 + 50]) == (200, 10, 10)  # the second row starts right below the first
     with pytest.raises(ValueError, match="at least one row"):
         image_grid([])
+
+
+def test_results_carry_each_metric_version_and_a_changed_metric_is_flagged(runs, bench_dataset, tmp_path,
+                                                                          monkeypatch):
+    from benchmark.metrics.localisation import Localisation
+
+    first = json.loads((runs[0] / "results.json").read_text())["metrics"]
+    assert {name: entry["version"] for name, entry in first.items()} == {
+        "aesthetic": 1, "l2_bg": 1, "loc_precision": 1, "loc_recall": 1, "loc_iou": 1}
+    assert "version" not in render_markdown(load_runs(runs))  # same versions: no warning
+    monkeypatch.setattr(Localisation, "version", 2)  # the metric's definition changed since the first runs
+    newer = tmp_path / "newer"
+    run_benchmark(RunConfig(method="identity", dataset=str(bench_dataset), out=newer, metrics=METRICS,
+                            progress=False, label="identity-new"))
+    metrics = json.loads((newer / "results.json").read_text())["metrics"]
+    assert metrics["loc_iou"]["version"] == 2 and metrics["l2_bg"]["version"] == 1
+    text = render_markdown(load_runs([runs[0], newer]))
+    assert "runs scored loc_iou with different versions of the metric (identity v1, identity-new v2)" in text
+    assert "l2_bg with different versions" not in text
+    # a results file from before versions were recorded counts as version 1
+    old = json.loads((runs[1] / "results.json").read_text())
+    for entry in old["metrics"].values():
+        entry.pop("version")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "results.json").write_text(json.dumps(old))
+    (legacy / "samples.jsonl").write_text((runs[1] / "samples.jsonl").read_text())
+    assert "different versions" not in render_markdown(load_runs([runs[0], legacy]))
+    assert leaderboard_dict(load_runs([runs[0], newer]))["runs"][1]["metrics"]["loc_iou"]["version"] == 2

@@ -313,7 +313,8 @@ def test_results_schema_is_json_with_breakdowns():
     data = json.loads(json.dumps(results_to_dict(results), allow_nan=False))
     assert set(data) == {"l2_bg", "loc_precision", "loc_recall", "loc_iou"}
     entry = data["l2_bg"]
-    assert set(entry) == {"value", "ci", "n", "higher_is_better", "available", "reason", "by_edit_type", "by_pipeline"}
+    assert set(entry) == {"value", "ci", "n", "higher_is_better", "available", "reason", "version", "by_edit_type",
+                          "by_pipeline"}
     assert entry["n"] == 6 and entry["higher_is_better"] is False and entry["available"] is True
     assert entry["ci"][0] <= entry["value"] <= entry["ci"][1]
     assert set(entry["by_edit_type"]) == {"replace", "remove"}
