@@ -11,6 +11,7 @@ from refcoco_edit.errors import InputError
 
 TERMS = ("noise", "mask", "edit", "rcl")
 RCL_WEIGHTINGS = ("none", "sqrt_alpha")
+MASK_RESOLUTIONS = ("latent", "image")
 
 
 @dataclass
@@ -23,6 +24,7 @@ class LossConfig:
     rcl_weight: float = 1.0
     dice_smooth: float = 1.0
     rcl_weighting: str = "none"  # none | sqrt_alpha
+    mask_resolution: str = "latent"  # latent | image: where L_mask compares M^ with M (see losses.py)
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -35,6 +37,8 @@ class LossConfig:
                if not 0 <= self.weight(t) < float("inf")]  # also refuses NaN
         if self.rcl_weighting not in RCL_WEIGHTINGS:
             out.append(f"rcl_weighting must be 'none' or 'sqrt_alpha', got {self.rcl_weighting!r}")
+        if self.mask_resolution not in MASK_RESOLUTIONS:
+            out.append(f"mask_resolution must be 'latent' or 'image', got {self.mask_resolution!r}")
         if not self.dice_smooth >= 0:
             out.append(f"dice_smooth must be >= 0, got {self.dice_smooth}")
         return out

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
@@ -34,7 +33,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from referdiffusion.rem import RegionEmbedder
+from referdiffusion.rem import RegionEmbedder, upsample_mask_logits
 
 DEFAULT_STEPS = 50
 
@@ -218,9 +217,7 @@ class ReferDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         self, mask_logits: torch.Tensor, size: tuple[int, int], output_type: str, threshold: float | None
     ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
         """Latent-resolution logits -> probabilities at image size, in the format `output_type` asks."""
-        probs = torch.sigmoid(
-            F.interpolate(mask_logits.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-        ).squeeze(1)
+        probs = torch.sigmoid(upsample_mask_logits(mask_logits, size))
         if output_type in ("pt", "latent"):
             return probs
         arr = probs.cpu().numpy()

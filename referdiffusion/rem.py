@@ -55,6 +55,12 @@ class RegionEmbedderOutput(BaseOutput):
     referring_feature: torch.Tensor | None = None  # F_er, B x D
 
 
+def upsample_mask_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """M^ (B x h x w logits) at image size H x W, bilinear: how the pipeline draws the mask and how
+    L_mask at `mask_resolution="image"` sees it."""
+    return F.interpolate(logits.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over dim 1 of B x L x D, counting only positions where mask (B x L) is 1."""
     if mask is None:

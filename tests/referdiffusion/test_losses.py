@@ -41,6 +41,19 @@ def _np_mask_loss(logits, target, smooth):
     return bce + float(np.mean(dices))
 
 
+def _np_bilinear(x, size):
+    """B x h x w -> B x H x W: bilinear between pixel centres, edges clamped (align_corners=False)."""
+    out = np.asarray(x, np.float64)
+    for axis, n_out in zip((1, 2), size):
+        n_in = out.shape[axis]
+        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        w = (pos - lo).reshape([-1 if a == axis else 1 for a in range(3)])
+        out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
+    return out
+
+
 def _np_edit_loss(e, f, tok):
     out = []
     for eb, fb, tb in zip(e, f, tok):
@@ -180,6 +193,8 @@ def test_loss_config_checks():
         LossConfig(mask_weight=-1)
     with pytest.raises(InputError):
         LossConfig(rcl_weighting="snr")
+    with pytest.raises(InputError, match="mask_resolution"):
+        LossConfig(mask_resolution="pixel")
     assert not LossConfig(edit_weight=0).enabled("edit")
 
 
@@ -259,6 +274,11 @@ def test_compute_losses_matches_an_independent_computation(parts):
         _np_mask_loss(rem_out.mask_logits.numpy(), soft, 1.0), rel=1e-4)
     assert out.terms["edit"].item() == pytest.approx(
         _np_edit_loss(rem_out.edit_embedding.numpy(), f_p.numpy(), batch["edit_token_mask"].numpy()), rel=1e-4)
+    # at the image's resolution: the logits upsampled bilinearly (pixel centres, edges clamped), hard M
+    image_level = compute_losses(batch, config=LossConfig(mask_resolution="image"), **_models(parts))
+    up = _np_bilinear(rem_out.mask_logits.numpy(), batch["source_mask"].shape[-2:])
+    assert image_level.terms["mask"].item() == pytest.approx(
+        _np_mask_loss(up, batch["source_mask"].numpy().reshape(up.shape), 1.0), rel=1e-4)
     outside = 1 - batch["edit_mask"].numpy().reshape(2, 8, 8, 8, 8).max(axis=(2, 4))
     assert set(out.terms) == {"noise", "mask", "edit", "rcl"}
     total = sum(config.weight(k) * v for k, v in out.terms.items())
