@@ -14,10 +14,11 @@ rcl_weight=0))`.
   1 - (2 sum(p t) + s) / (sum p + sum t + s), p = sigmoid(M^), s = `dice_smooth` (1 by default, so an
   empty mask predicted empty scores 0); averaged over samples. BCE: mean over positions and samples.
   The minimiser of that loss is each cell's coverage, and the pipeline's mask (the logits upsampled
-  bilinearly to the image, thresholded at probability 0.5) drops every cell covered less than half: on
-  objects a few cells wide (RefShapes at 64 px) the exact coverage scores a mask IoU of 0.36 on val, while
-  the best logits reach 0.83. `mask_resolution="image"` compares what the pipeline shows instead: the
-  logits upsampled as the pipeline does (bilinear) against M at the batch's image size, BCE + Dice there.
+  bilinearly to the image, thresholded at probability 0.5) loses cells covered less than half: on objects
+  a few cells wide (RefShapes at 64 px) the exact coverage scores a mask IoU of 0.47 on val, while logits
+  fitted to the objects reach 0.85 (`referdiffusion.study.rem_ceiling`). `mask_resolution="image"`
+  compares what the pipeline shows instead: the logits upsampled as the pipeline does (bilinear) against
+  M at the batch's image size, BCE + Dice there.
 - L_edit: 1 - cos(e_e, mean of F_P over the tokens of the edit text P_e), the target detached (F_P is the
   text encoder's output for the whole prompt, so the P_e tokens carry their context). Token positions come
   from the prompt's character spans (`referdiffusion.text.spans_to_token_mask`). Samples whose P_e has no

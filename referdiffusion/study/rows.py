@@ -180,6 +180,7 @@ def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "v
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.study.data import RefShapesStudy, batches
     from referdiffusion.study.evaluate import score, summary
+    from referdiffusion.study.export import binary_object_mask
     from referdiffusion.train.manifest import trained_size
 
     if role == "test":
@@ -208,10 +209,11 @@ def evaluate_checkpoint(checkpoint: Path | str, data: Path | str, role: str = "v
                           image_guidance_scale=image_guidance_scale, generator=generator)
         for r, im in zip(chunk, result.images):
             outputs[r.edit_id] = np.asarray(im.convert("RGB").resize(full, Image.Resampling.LANCZOS))
-        # the REM's mask against the referred object's, as the benchmark measures it (a row without the REM
-        # trained has its initial REM, so the value means something for the REM rows only)
+        # the REM's mask against the referred object's M as the export gives it to the benchmark (a row
+        # without the REM trained has its initial REM, so the value means something for the REM rows only)
         for r, m in zip(chunk, result.masks):
-            iou = mask_iou(np.asarray(m.resize(full, Image.Resampling.NEAREST)) > 127, study.object_mask(r))
+            iou = mask_iou(np.asarray(m.resize(full, Image.Resampling.NEAREST)) > 127,
+                           binary_object_mask(study.object_mask(r)))
             mask_ious.append(0.0 if iou is None else iou)
     scores = summary({**score(study, records, lambda src, r: outputs[r.edit_id]),
                       "rem_mask_iou": np.asarray(mask_ious)})
