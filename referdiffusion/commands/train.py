@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from referdiffusion.commands import parse_intermixed
+
 EPILOG = """\
 configs: tiny (tiny models on the bundled RefShapes sample, CPU, minutes), finetune (plain InstructPix2Pix
 fine-tune), +rem (REM with L_mask and L_edit), +rem+rcl (and the Region-Control Loss), full (stage 1 then
@@ -37,31 +39,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
-    _parse_intermixed(p)
+    parse_intermixed(p)
     return p
-
-
-def _parse_intermixed(parser: argparse.ArgumentParser) -> None:
-    """Let overrides and options come in any order (`train a=1 --config tiny b=2`).
-
-    The top-level parser hands this subcommand its words through `parse_known_args`, where a `nargs="*"`
-    positional takes only one run of words: overrides after an option would be "unrecognized". Intermixed
-    parsing collects them all; it calls `parse_known_args` itself, so the inner calls go to the original.
-    """
-    plain = parser.parse_known_args
-    busy = False
-
-    def parse_known_args(args=None, namespace=None):
-        nonlocal busy
-        if busy:
-            return plain(args, namespace)
-        busy = True
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            busy = False
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def run(args: argparse.Namespace) -> int:

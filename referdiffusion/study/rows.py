@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from refcoco_edit.errors import InputError
+from referdiffusion.commands import parse_intermixed
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--max-steps", type=int, default=None, help="stop at this global step")
     pr.add_argument("--no-progress", action="store_true")
     pr.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parse_intermixed(pr)  # overrides before or after the options
     sub.add_parser("status", help="where each row is, and its loss curve")
     pe = sub.add_parser("eval", help="score a checkpoint's edits of val (fg_agreement, fg_psnr, bg_psnr)")
     pe.add_argument("checkpoint", type=Path)

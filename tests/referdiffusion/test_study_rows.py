@@ -159,3 +159,21 @@ def test_a_row_trains_is_stopped_and_resumes_with_its_curve(refshapes, exported,
     assert 0 <= scores["rem_mask_iou"]["mean"] <= 1 and scores["rem_mask_iou"]["n"] == 2
     with pytest.raises(InputError, match="test split"):
         rows.evaluate_checkpoint(rest.final, refshapes, role="test")
+
+
+def test_rows_run_takes_overrides_before_between_and_after_its_options(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from referdiffusion.study import rows
+
+    seen = {}
+
+    def run_row(row, root, max_steps, extra, progress):
+        seen.update(row=row, max_steps=max_steps, extra=list(extra), progress=progress)
+        return SimpleNamespace(global_step=3, final=tmp_path / "final")
+
+    monkeypatch.setattr(rows, "run_row", run_row)
+    argv = ["--root", str(tmp_path), "run", "rem", "a.b=1", "--no-progress", "c=2", "--max-steps", "3", "d=4"]
+    assert rows.main(argv) == 0
+    assert seen == {"row": "rem", "max_steps": 3, "extra": ["a.b=1", "c=2", "d=4"], "progress": False}
+    assert '"global_step": 3' in capsys.readouterr().out
