@@ -27,6 +27,7 @@ do not depend on the seed). `--reuse ROOT` links the data, the VAE and the rows'
 instead of making them again (they do not depend on the seed either):
 
     python -m referdiffusion.study.run --root DIR-seed1 --seed 1 --reuse DIR
+
 On this machine's two cores: data about 4 minutes, the VAE about an hour, the export 25 minutes, the four
 rows about an hour with two jobs, the evaluation about 20 minutes.
 """
