@@ -167,7 +167,8 @@ def report_text(out: Path | str) -> str:
     return markdown_table(res) + "\n\nfg_agreement by edit type:\n\n" + by_type_table(res)
 
 
-SEED_METRICS = (("fg_agreement", 3), ("psnr_fg", 1), ("psnr_bg", 1), ("loc_iou", 3), ("mask_iou", 3))
+SEED_METRICS = (("fg_agreement", "fg_agreement", 3), ("psnr_fg", "psnr_fg", 1), ("psnr_bg", "psnr_bg", 1),
+                ("loc_iou", "loc_iou", 3), ("mask_iou", "REM mask IoU", 3))  # key in `results`, title, digits
 
 
 def seeds_table(outs: list[Path | str]) -> str:
@@ -176,14 +177,14 @@ def seeds_table(outs: list[Path | str]) -> str:
 
     The bootstrap intervals of the main table measure the test sample; this one measures the training run."""
     per_seed = [results(out) for out in outs]
-    head = "| method | seeds | " + " | ".join(f"{name} ↑" for name, _ in SEED_METRICS) + " |"
+    head = "| method | seeds | " + " | ".join(f"{title} ↑" for _, title, _ in SEED_METRICS) + " |"
     lines = [head, "|" + "---|" * (len(SEED_METRICS) + 2)]
     for e in ENTRIES:
         runs = [res[e.key] for res in per_seed if e.key in res]
         if not e.trained or not runs:
             continue
         cells = []
-        for name, digits in SEED_METRICS:
+        for name, _, digits in SEED_METRICS:
             values = [r[name][0] for r in runs if r.get(name) is not None]
             if not values or (name == "mask_iou" and e.rem != "yes"):
                 cells.append("")

@@ -60,6 +60,8 @@ def row_overrides(row: str, root: Path | str = ROOT) -> list[str]:
 
 
 def link_folder(target: Path, link: Path) -> None:
+    """Make `link` a symlink to the folder `target`; a link already pointing there is kept, anything else
+    in its place refused (an input is never replaced behind a run's back)."""
     target = target.expanduser().absolute()
     if not target.is_dir():
         raise InputError(f"{target} is not a folder")
