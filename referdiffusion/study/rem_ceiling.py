@@ -56,13 +56,14 @@ def ceilings(masks: np.ndarray, size: int = 64, factor: int = LATENT_FACTOR, ste
     import torch
     import torch.nn.functional as F
 
+    from referdiffusion.losses import soft_downsample
     from referdiffusion.rem import upsample_mask_logits
 
     m = torch.as_tensor(np.asarray(masks, bool))
     full_hw = tuple(m.shape[-2:])
     work_hw, latent_hw = _work_and_latent(full_hw, size, factor)
     work = F.interpolate(m.float().unsqueeze(1), size=work_hw, mode="area")
-    cover = F.adaptive_avg_pool2d(work, latent_hw).squeeze(1)
+    cover = soft_downsample(work, latent_hw)  # L_mask's latent-resolution target
     start = torch.logit(cover.clamp(1e-3, 1 - 1e-3))
     coverage = _iou(_pipeline_masks(start, work_hw, full_hw), m)
 

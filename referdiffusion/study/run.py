@@ -160,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="sampling steps of the trained rows")
     ap.add_argument("action", nargs="?", choices=["run", "status"], default="run")
     args = ap.parse_args(argv)
-    seed = args.seed
-    if seed is None:  # a root already started keeps its seed
-        seed = rows.base_seed(args.root / "rows") if (args.root / "rows" / rows.BASE).exists() else 0
-    p = Paths(args.root, seed)
+    # a root already started keeps its seed (base_seed: 0 where no starting checkpoint is written yet)
+    p = Paths(args.root, rows.base_seed(args.root / "rows") if args.seed is None else args.seed)
     reuse = None if args.reuse is None else Paths(args.reuse)
     if reuse is not None and not done(reuse, "inputs"):
         raise InputError(f"{args.reuse} has no finished data, VAE and inputs to reuse")
