@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from refcoco_edit.commands.parser import parse_intermixed
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -22,6 +24,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="dataset for the grid's source column (default: the one recorded in the first run)")
     p.add_argument("--image-dir", type=Path, metavar="DIR",
                    help="HTML: write the grid's images here and link them (default: embedded as base64)")
+    parse_intermixed(p)  # run folders before and after the options
     return p
 
 

@@ -53,3 +53,27 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def parse_intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let a subcommand's positional words and its options come in any order (`train a=1 --config tiny b=2`,
+    `leaderboard RUN1 --format json RUN2`).
+
+    The parent parser hands a subcommand its words through `parse_known_args`, where a `nargs="*"`
+    positional takes only one run of words: words after an option would be "unrecognized". Intermixed
+    parsing collects them all; it calls `parse_known_args` itself, so the inner calls go to the original.
+    """
+    plain = parser.parse_known_args
+    busy = False
+
+    def parse_known_args(args=None, namespace=None):
+        nonlocal busy
+        if busy:
+            return plain(args, namespace)
+        busy = True
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            busy = False
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]

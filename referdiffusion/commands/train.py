@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from referdiffusion.commands import parse_intermixed
+from refcoco_edit.commands.parser import parse_intermixed
 
 EPILOG = """\
 configs: tiny (tiny models on the bundled RefShapes sample, CPU, minutes), finetune (plain InstructPix2Pix

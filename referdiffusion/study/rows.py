@@ -30,8 +30,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from refcoco_edit.commands.parser import parse_intermixed
 from refcoco_edit.errors import InputError
-from referdiffusion.commands import parse_intermixed
 
 log = logging.getLogger(__name__)
 

@@ -143,6 +143,9 @@ def test_leaderboard_cli_writes_every_format(runs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["leaderboard", *map(str, runs), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["best"]["loc_iou"] == ["reference"]
+    # run folders on both sides of an option, as users type them
+    assert main(["leaderboard", str(runs[0]), "--format", "json", *map(str, runs[1:])]) == 0
+    assert [r["label"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["identity", "reference", "stamp"]
     assert main(["leaderboard", str(tmp_path / "nothing-here")]) == 2
     assert "no results.json" in capsys.readouterr().err
 
