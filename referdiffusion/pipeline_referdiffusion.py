@@ -227,6 +227,41 @@ class ReferDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             return [PIL.Image.fromarray(np.round(a * 255).astype(np.uint8), mode="L") for a in arr]
         return [PIL.Image.fromarray(((a > threshold) * 255).astype(np.uint8), mode="L") for a in arr]
 
+    @torch.no_grad()
+    def generate_mask(
+        self,
+        prompt: str | list[str] | None = None,
+        image: PipelineImageInput = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        output_type: str = "pil",
+        mask_threshold: float | None = 0.5,
+    ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """The REM's mask of the referred object alone, without denoising: the `masks` that `__call__`
+        returns for the same prompts and images (the REM sees each sample on its own, so the guidance
+        branches `__call__` adds do not change it), at a fraction of the cost. For reading or scoring
+        the REM (as DiffEdit's `generate_mask`); `output_type` and `mask_threshold` as in `__call__`."""
+        if image is None:
+            raise ValueError("`image` input cannot be undefined.")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
+        device = self._execution_device
+        pixels = self.image_processor.preprocess(image)
+        if isinstance(prompt, str) and pixels.shape[0] > 1:
+            prompt = [prompt] * pixels.shape[0]
+        batch_size = len(prompt) if isinstance(prompt, list) else 1 if prompt is not None else prompt_embeds.shape[0]
+        embeds, token_mask = self.encode_prompt(prompt, device, 1, False, prompt_embeds=prompt_embeds,
+                                                prompt_attention_mask=prompt_attention_mask)
+        image_latents = self.prepare_image_latents(pixels, batch_size, 1, embeds.dtype, device, False)
+        logits = self.rem(embeds, image_latents, token_mask).mask_logits
+        h, w = image_latents.shape[-2:]
+        size = (h * self.vae_scale_factor, w * self.vae_scale_factor)
+        masks = self.postprocess_masks(logits, size, output_type, mask_threshold)
+        self.maybe_free_model_hooks()
+        return masks
+
     # ----------------------------------------------------------------------------------------
 
     @property

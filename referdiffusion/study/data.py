@@ -200,11 +200,18 @@ class RefShapesStudy:
         """An editing prompt for the edit: a sentence and a template drawn from (seed, edit id)."""
         from refcoco_edit.text.prompts import compose
 
+        rng = random.Random(f"{seed}:{record.edit_id}")
+        return compose(self._sentence(record, rng), record.edit_type, record.target or None, rng=rng)
+
+    def sentence(self, record: EditRecord, seed: int = 0) -> str:
+        """The referring expression `prompt(record, seed)` is made from."""
+        return self._sentence(record, random.Random(f"{seed}:{record.edit_id}"))
+
+    @staticmethod
+    def _sentence(record: EditRecord, rng: random.Random) -> str:
         if not record.sentences:
             raise DataError(f"edit {record.edit_id}: ref {record.ref_id} has no referring expression")
-        rng = random.Random(f"{seed}:{record.edit_id}")
-        sentence = rng.choice(record.sentences)
-        return compose(sentence, record.edit_type, record.target or None, rng=rng)
+        return rng.choice(record.sentences)
 
     def images(self, role: str, limit: int | None = None, with_edits: bool = False,
                seed: int = 0) -> np.ndarray:

@@ -223,3 +223,22 @@ def test_ddim_from_an_euler_config_keeps_the_schedule_and_sd_settings():
     assert ddim.config.clip_sample is False and ddim.config.set_alpha_to_one is False
     assert ddim.config.prediction_type == "v_prediction" and ddim.config.beta_schedule == "scaled_linear"
     assert ddim_scheduler({**euler, "clip_sample": True}).config.clip_sample is False  # never right for latents
+
+
+def test_generate_mask_equals_the_masks_of_an_edit(pipe):
+    with torch.no_grad():
+        pipe.rem.gate.fill_(0.5)  # an open gate, so that the guidance branches differ in their condition
+    try:
+        images = _images(3)
+        prompts = ["replace the cow on the left with a panda", "remove the dog", "make the car red"]
+        edit = pipe(prompts, images, num_inference_steps=1, output_type="pt", generator=_gen())
+        alone = pipe.generate_mask(prompts, images, output_type="pt")
+        torch.testing.assert_close(alone, edit.masks)
+        pil = pipe.generate_mask(prompts[0], images[0])
+        expected = pipe(prompts[0], images[0], num_inference_steps=1, generator=_gen()).masks
+        np.testing.assert_array_equal(np.asarray(pil[0]), np.asarray(expected[0]))
+        with pytest.raises(ValueError, match="exactly one"):
+            pipe.generate_mask(image=images[0])
+    finally:
+        with torch.no_grad():
+            pipe.rem.gate.zero_()

@@ -70,6 +70,12 @@ def test_prompts_are_valid_and_seeded(study):
     p = study.prompt(r, seed=0)
     assert p.prompt == study.prompt(r, seed=0).prompt and p.edit_type == r.edit_type
     assert p.referring_text and p.edit_text
+    from refcoco_edit.refshapes.expressions import parse_expression
+
+    for r in study.records[:20]:  # the prompt refers as the sentence `sentence` names does
+        sentence = study.sentence(r, seed=1)
+        assert sentence in r.sentences
+        assert parse_expression(study.prompt(r, seed=1).referring_text) == parse_expression(sentence)
 
 
 def test_images_subset_is_seeded(study):

@@ -3,6 +3,8 @@ configs (one budget) and a row trained, killed and resumed through `rows`."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -177,3 +179,36 @@ def test_rows_run_takes_overrides_before_between_and_after_its_options(tmp_path,
     assert rows.main(argv) == 0
     assert seen == {"row": "rem", "max_steps": 3, "extra": ["a.b=1", "c=2", "d=4"], "progress": False}
     assert '"global_step": 3' in capsys.readouterr().out
+
+
+def test_rem_probe_learns_the_mask_alone_and_resumes_bit_for_bit(refshapes, exported, tmp_path):
+    from referdiffusion.study import rows
+    from referdiffusion.study.rem_probe import ProbeConfig, train
+
+    out, _ = exported
+    rows.prepare(tmp_path / "rows", refshapes, edits=out, synth=out)
+    cfg = ProbeConfig(steps=40, batch_size=6, eval_every=20, eval_limit=4, learning_rate=5e-3)
+    straight = train(tmp_path / "rows", refshapes, tmp_path / "a", cfg)
+    assert [e["step"] for e in straight] == [0, 20, 40]
+    assert straight[2]["loss"] < straight[1]["loss"]  # L_mask falls on the six train edits
+    assert straight[2]["train_iou"][0] > straight[0]["train_iou"][0] + 0.2  # and the REM finds their objects
+    for e in straight:
+        assert all(0 <= v <= 1 for v in e["val_iou"] + e["train_iou"])
+    # killed after step 20, started again: the same batches, the same weights
+    assert [e["step"] for e in train(tmp_path / "rows", refshapes, tmp_path / "b", cfg, stop_at=20)] == [0, 20]
+    assert not (tmp_path / "b" / "rem").exists()
+    resumed = train(tmp_path / "rows", refshapes, tmp_path / "b", cfg)
+
+    def scores(log):
+        return [{k: v for k, v in e.items() if k != "s_per_step"} for e in log]
+
+    assert scores(resumed) == scores(straight) and (tmp_path / "b" / "rem" / "config.json").is_file()
+    final = json.loads((tmp_path / "b" / "final.json").read_text())
+    kinds = [k for k in final if k not in ("step", "val_edits", "all")]
+    assert final["all"]["iou"][0] == straight[-1]["val_iou"][0] and final["all"]["n"] == final["val_edits"]
+    assert kinds and sum(final[k]["n"] for k in kinds) == final["val_edits"]
+    a = torch.load(tmp_path / "a" / "state.pt")["rem"]
+    b = torch.load(tmp_path / "b" / "state.pt")["rem"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="another configuration"):
+        train(tmp_path / "rows", refshapes, tmp_path / "a", ProbeConfig(steps=40, batch_size=4))

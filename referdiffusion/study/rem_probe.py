@@ -1,0 +1,241 @@
+"""Can the REM learn to find the referred object at all, given the study's frozen text encoder and VAE?
+
+In the rows the REM learns its mask beside a UNet learning to edit, within one budget. This probe trains a
+REM alone, on L_mask only (BCE + Dice, as `losses.mask_loss`), with everything else frozen: the text
+encoder's F_P and the VAE latent of the source are computed once for every train edit and cached, so a step
+costs the REM's own forward and backward only, and many more samples fit in an hour than a row sees. The
+mask is scored on val through the pipeline's own path (`ReferDiffusionPipeline.generate_mask`, the working
+size 64 x 48, threshold 0.5, nearest back to 128 x 96) against the benchmark's M, and on as many train
+edits, so the log says whether the REM underfits or fails to generalise; at the end `final.json` splits the
+val IoU by the kind of referring expression (attribute, location, size, ordinal).
+
+It answers where the rows' REM mask IoU is lost: if a REM trained alone for long reaches the target, the
+rows' budget (and what the UNet's loss does to the shared REM) is what limits it; if it does not, the REM's
+inputs (the frozen random text features, the latent's detail) or its design do.
+
+    python -m referdiffusion.study.rem_probe --root ROWS --data REFSHAPES --out DIR [--steps 6000]
+
+`ROWS` is a rows folder (`study.rows prepare`): its starting checkpoint (`base`, whose REM is the starting
+point) and its 64 px dataset. Resumes from DIR after a kill; prints one JSON line per evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refcoco_edit.errors import InputError
+
+
+@dataclass
+class ProbeConfig:
+    steps: int = 6000
+    batch_size: int = 64
+    learning_rate: float = 2e-3  # the rows' rate
+    weight_decay: float = 1e-2
+    warmup: int = 100
+    max_grad_norm: float = 1.0
+    mask_resolution: str = "image"  # image | latent, as `losses.mask_resolution`
+    eval_every: int = 1000
+    eval_limit: int = 600  # the first N edits of val (and of train), as rem_ceiling reads them
+    seed: int = 0
+    resolution: int = 64  # the rows' working size
+    train_limit: int = 0  # the first N train edits only (0: all)
+
+
+def cache_features(rows_root: Path, out: Path, resolution: int = 64, limit: int = 0,
+                   batch: int = 128) -> dict[str, Any]:
+    """F_P, token masks, source latents (mode, unscaled) and M at `resolution` of every train edit, as the
+    trainer's data protocol gives them (`EditingDataset`, aspect padding); cached in `out`."""
+    import torch
+
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+    from referdiffusion.train.data import DataOptions, EditingDataset, open_dataset
+
+    path = out / f"train-{resolution}-{limit or 'all'}.pt"
+    if path.is_file():
+        return torch.load(path)
+    pipe = ReferDiffusionPipeline.from_pretrained(rows_root / "base")
+    ds = EditingDataset(open_dataset(str(rows_root / "data" / "edits-128"), "train", limit or None), pipe.tokenizer,
+                        DataOptions(resolution=resolution, resize="aspect", max_token_length=32))
+    parts: dict[str, list] = {"embeds": [], "token_mask": [], "latents": [], "mask": []}
+    start = time.time()
+    for lo in range(0, len(ds), batch):
+        items = [ds[i] for i in range(lo, min(lo + batch, len(ds)))]
+        ids = torch.stack([it["input_ids"] for it in items])
+        with torch.no_grad():
+            parts["embeds"].append(pipe.text_encoder(ids)[0].half())
+            pixels = torch.stack([it["source_pixel_values"] for it in items])
+            parts["latents"].append(pipe.vae.encode(pixels).latent_dist.mode())
+        parts["token_mask"].append(torch.stack([it["attention_mask"] for it in items]).bool())
+        parts["mask"].append(torch.stack([it["source_mask"][0] for it in items]).half())
+        if lo // batch % 20 == 0:
+            print(json.dumps({"cache": min(lo + batch, len(ds)), "of": len(ds), "s": round(time.time() - start)}),
+                  flush=True)
+    cache = {k: torch.cat(v) for k, v in parts.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(cache, path)
+    return cache
+
+
+def _val_inputs(data: Path, role: str, limit: int, size: int) -> tuple[list, list[str], np.ndarray, list[str]]:
+    """The first `limit` edits of `role`: sources at the working size, prompts, the benchmark's M, and the
+    kind of each referring expression (attribute, location, size, ordinal: RefShapes' categories)."""
+    from PIL import Image
+
+    from refcoco_edit.pipelines.base import working_size
+    from refcoco_edit.refshapes.expressions import CATEGORY, parse_expression
+    from referdiffusion.study.data import RefShapesStudy
+    from referdiffusion.study.export import binary_object_mask
+
+    study = RefShapesStudy(data)
+    records = study.edits(role)[:limit]
+    images, prompts, masks, kinds = [], [], [], []
+    for r in records:
+        im = Image.fromarray(study.source(r.image_id))
+        work = working_size(im.size, size)
+        images.append(im.resize(work, Image.Resampling.LANCZOS) if im.size != work else im)
+        prompts.append(study.prompt(r).prompt)
+        masks.append(binary_object_mask(study.object_mask(r)))
+        kinds.append(CATEGORY[parse_expression(study.sentence(r)).relation])
+    return images, prompts, np.stack(masks).astype(bool), kinds
+
+
+def mask_iou(pipe: Any, images: list, prompts: list[str], masks: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Per-edit IoU of the pipeline's REM mask (nearest to M's size) with M."""
+    import torch
+    import torch.nn.functional as F
+
+    full_hw = masks.shape[1:]
+    out = []
+    for lo in range(0, len(images), batch):
+        probs = pipe.generate_mask(prompts[lo:lo + batch], images[lo:lo + batch], output_type="pt")
+        pred = F.interpolate((probs > 0.5).float().unsqueeze(1), size=full_hw, mode="nearest-exact").squeeze(1) > 0.5
+        m = torch.as_tensor(masks[lo:lo + batch])
+        inter = (pred & m).sum((1, 2)).float()
+        union = (pred | m).sum((1, 2)).float()
+        out.append((inter / union.clamp_min(1)).numpy())
+    return np.concatenate(out)
+
+
+def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int | None = None) -> list[dict[str, Any]]:
+    """Train the REM on L_mask alone (module docstring); resumes from `out/state.pt`. Returns the log.
+    `stop_at` stops after that step's evaluation, as a kill would (the schedule stays `cfg.steps`')."""
+    import torch
+
+    from referdiffusion.losses import mask_loss
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+    from referdiffusion.rem import upsample_mask_logits
+    from referdiffusion.study.measure import bootstrap_ci
+
+    if cfg.mask_resolution not in ("image", "latent"):
+        raise InputError(f"mask_resolution must be image or latent, got {cfg.mask_resolution!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache_features(rows_root, out, cfg.resolution, cfg.train_limit)
+    n = cache["embeds"].shape[0]
+    pipe = ReferDiffusionPipeline.from_pretrained(rows_root / "base")
+    pipe.set_progress_bar_config(disable=True)
+    rem = pipe.rem.float().train()
+    opt = torch.optim.AdamW(rem.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    state_path, log_path = out / "state.pt", out / "log.jsonl"
+    step, log = 0, []
+    if state_path.is_file():
+        state = torch.load(state_path)
+        if state["config"] != asdict(cfg):
+            raise InputError(f"{out} was trained with another configuration: {state['config']}")
+        rem.load_state_dict(state["rem"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, log = state["step"], state["log"]
+    val = _val_inputs(data, "val", cfg.eval_limit, cfg.resolution)
+    train_check = _val_inputs(data, "train", cfg.eval_limit, cfg.resolution)
+
+    def evaluate(loss: float) -> dict[str, Any]:
+        rem.eval()
+        entry: dict[str, Any] = {"step": step, "loss": None if math.isnan(loss) else round(loss, 4)}
+        for name, (images, prompts, masks, _) in (("val", val), ("train", train_check)):
+            ci = bootstrap_ci(mask_iou(pipe, images, prompts, masks))
+            entry[f"{name}_iou"] = [round(ci.value, 4), round(ci.low, 4), round(ci.high, 4)]
+        rem.train()
+        return entry
+
+    if step == 0 and not log:
+        log.append(evaluate(float("nan")))
+        print(json.dumps(log[-1]), flush=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(step):  # the same batches after a resume
+        torch.randint(0, n, (cfg.batch_size,), generator=gen)
+    losses: list[float] = []
+    start = time.time()
+    while step < min(cfg.steps, stop_at or cfg.steps):
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        latents = cache["latents"][idx]
+        res = rem(cache["embeds"][idx].float(), latents, cache["token_mask"][idx].long())
+        target = cache["mask"][idx].float()
+        logits = res.mask_logits
+        if cfg.mask_resolution == "image":
+            logits = upsample_mask_logits(logits, tuple(target.shape[-2:]))
+        else:
+            target = torch.nn.functional.adaptive_avg_pool2d(target.unsqueeze(1), logits.shape[-2:]).squeeze(1)
+        loss = mask_loss(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rem.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        step += 1
+        losses.append(loss.item())
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            per_step = round((time.time() - start) / len(losses), 4)
+            log.append({**evaluate(float(np.mean(losses))), "s_per_step": per_step})
+            losses, start = [], time.time()
+            print(json.dumps(log[-1]), flush=True)
+            torch.save({"config": asdict(cfg), "rem": rem.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step, "log": log}, state_path)
+            log_path.write_text("".join(json.dumps(e) + "\n" for e in log))
+    if step == cfg.steps:
+        rem.save_pretrained(out / "rem")
+        rem.eval()
+        images, prompts, masks, kinds = val
+        ious, kinds_arr = mask_iou(pipe, images, prompts, masks), np.asarray(kinds)
+        final: dict[str, Any] = {"step": step, "val_edits": len(ious)}
+        for kind in ["all", *sorted(set(kinds))]:
+            values = ious if kind == "all" else ious[kinds_arr == kind]
+            ci = bootstrap_ci(values)
+            final[kind] = {"n": int(values.size), "iou": [round(ci.value, 4), round(ci.low, 4), round(ci.high, 4)]}
+        (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
+        print(json.dumps(final), flush=True)
+    return log
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m referdiffusion.study.rem_probe", description=__doc__.split("\n")[0])
+    p.add_argument("--root", required=True, type=Path, help="a rows folder (study.rows prepare)")
+    p.add_argument("--data", required=True, type=Path, help="the RefShapes folder")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stop-at", type=int, help="stop after this step's evaluation (resume later)")
+    defaults = ProbeConfig()
+    for name, value in asdict(defaults).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = p.parse_args(argv)
+    cfg = ProbeConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    train(args.root, args.data, args.out, cfg, args.stop_at)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
