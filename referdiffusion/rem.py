@@ -11,7 +11,10 @@ text width". A single 1x1 convolution from 4 latent channels to D gives features
 position, too weak to segment anything; so by default F_s = 1x1-conv(ConvBlocks(latent)): a few 3x3
 convolution blocks (GroupNorm, SiLU, residual) at `image_hidden_channels` give each position some
 spatial context, then a 1x1 convolution projects to width D. `image_conv_layers=0` gives exactly the
-plain per-position projection (a 1x1 convolution 4 -> D).
+plain per-position projection (a 1x1 convolution 4 -> D). Convolutions see where a cell is only near the
+picture's border, while referring expressions name places ("the leftmost", "second from the top");
+`coordinates=True` adds each cell's position as two more input channels (CoordConv; off by default, as in
+the paper's REM).
 
 Parts (names as in the paper):
 - edit extractor: a self-attention block over F_P, masked mean pool, linear -> e_e (B x D);
@@ -151,19 +154,22 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         image_hidden_channels: int = 128,
         image_conv_layers: int = 2,
+        coordinates: bool = False,
+        coordinate_extent: float = 64.0,
     ) -> None:
         super().__init__()
         d = text_dim
-        # F_s: latent -> (conv blocks) -> 1x1 conv to width D.
+        # F_s: latent (+ coordinates) -> (conv blocks) -> 1x1 conv to width D.
+        in_channels = latent_channels + (2 if coordinates else 0)
         if image_conv_layers > 0:
-            layers: list[nn.Module] = [nn.Conv2d(latent_channels, image_hidden_channels, 3, padding=1)]
+            layers: list[nn.Module] = [nn.Conv2d(in_channels, image_hidden_channels, 3, padding=1)]
             layers += [_ConvBlock(image_hidden_channels, _groups(image_hidden_channels))
                        for _ in range(image_conv_layers)]
             layers += [nn.GroupNorm(_groups(image_hidden_channels), image_hidden_channels), nn.SiLU(),
                        nn.Conv2d(image_hidden_channels, d, 1)]
             self.image_proj = nn.Sequential(*layers)
         else:
-            self.image_proj = nn.Sequential(nn.Conv2d(latent_channels, d, 1))
+            self.image_proj = nn.Sequential(nn.Conv2d(in_channels, d, 1))
         self.edit_block = _SelfAttentionBlock(d, num_attention_heads, mlp_ratio)
         self.edit_out = nn.Linear(d, d)
         self.refer_block = _SelfAttentionBlock(d, num_attention_heads, mlp_ratio)
@@ -178,7 +184,22 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
 
     def image_features(self, image_latents: torch.Tensor) -> torch.Tensor:
         """F_s, B x D x h x w."""
-        return self.image_proj(image_latents.to(self.gate.dtype))
+        x = image_latents.to(self.gate.dtype)
+        if self.config.coordinates:
+            x = torch.cat([x, self.coordinate_map(x)], dim=1)
+        return self.image_proj(x)
+
+    def coordinate_map(self, latents: torch.Tensor) -> torch.Tensor:
+        """B x 2 x h x w: each latent cell's centre (x, y), counted in cells from the top-left corner and
+        divided by `coordinate_extent`. Not normalised by the map's own size, so that a picture padded at
+        its bottom and right (the trainer's `aspect` protocol) gives its cells the coordinates they have
+        in the picture alone, as the pipeline sees it."""
+        b, _, h, w = latents.shape
+        extent = float(self.config.coordinate_extent)
+        ys = (torch.arange(h, device=latents.device, dtype=latents.dtype) + 0.5) / extent
+        xs = (torch.arange(w, device=latents.device, dtype=latents.dtype) + 0.5) / extent
+        grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
+        return grid.unsqueeze(0).expand(b, -1, -1, -1)
 
     def forward(
         self,

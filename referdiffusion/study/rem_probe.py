@@ -48,6 +48,7 @@ class ProbeConfig:
     seed: int = 0
     resolution: int = 64  # the rows' working size
     train_limit: int = 0  # the first N train edits only (0: all)
+    rem_config: str = ""  # "key=value,...": a fresh REM with the base's config changed so (seeded by `seed`)
 
 
 def cache_features(rows_root: Path, out: Path, resolution: int = 64, limit: int = 0,
@@ -125,6 +126,25 @@ def mask_iou(pipe: Any, images: list, prompts: list[str], masks: np.ndarray, bat
     return np.concatenate(out)
 
 
+def _fresh_rem(base: Any, changes: str, seed: int) -> Any:
+    """A new REM of `base`'s config with `changes` ("image_conv_layers=4,coordinates=true", values as JSON)."""
+    import torch
+
+    from referdiffusion.rem import RegionEmbedder
+
+    config = {k: v for k, v in base.config.items() if not k.startswith("_")}
+    for item in changes.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in config:
+            raise InputError(f"--rem-config {item!r}: not KEY=VALUE with KEY one of {', '.join(sorted(config))}")
+        try:
+            config[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f"--rem-config {item!r}: the value is not JSON (true, 4, 16.0)") from None
+    torch.manual_seed(seed)
+    return RegionEmbedder(**config)
+
+
 def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int | None = None) -> list[dict[str, Any]]:
     """Train the REM on L_mask alone (module docstring); resumes from `out/state.pt`. Returns the log.
     `stop_at` stops after that step's evaluation, as a kill would (the schedule stays `cfg.steps`')."""
@@ -142,6 +162,8 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     n = cache["embeds"].shape[0]
     pipe = ReferDiffusionPipeline.from_pretrained(rows_root / "base")
     pipe.set_progress_bar_config(disable=True)
+    if cfg.rem_config:
+        pipe.rem = _fresh_rem(pipe.rem, cfg.rem_config, cfg.seed)
     rem = pipe.rem.float().train()
     opt = torch.optim.AdamW(rem.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 

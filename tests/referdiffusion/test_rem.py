@@ -100,6 +100,25 @@ def test_plain_per_position_projection_option():
     assert torch.equal(a[:, :, 1:, :], b[:, :, 1:, :]) and not torch.equal(a[:, :, 0, 0], b[:, :, 0, 0])
 
 
+def test_coordinate_channels_tell_places_apart_and_ignore_padding(tmp_path):
+    rem = _rem(image_conv_layers=0, coordinates=True, coordinate_extent=4.0)
+    assert rem.image_proj[0].in_channels == C + 2
+    flat = torch.zeros(1, C, H, W)  # the same latent everywhere: only the position differs
+    with torch.no_grad():
+        f = rem.image_features(flat)
+        plain = _rem(image_conv_layers=0).image_features(flat)
+    assert torch.equal(plain[..., 0, 0], plain[..., 3, 5])  # without coordinates: no way to tell
+    assert not torch.allclose(f[..., 0, 0], f[..., 3, 5]) and not torch.allclose(f[..., 3, 0], f[..., 3, 5])
+    grid = rem.coordinate_map(flat)
+    assert grid[0, 0, 2, 3] == (3 + 0.5) / 4 and grid[0, 1, 2, 3] == (2 + 0.5) / 4
+    # a picture padded at its bottom and right keeps its cells' coordinates (and so their features)
+    padded = torch.cat([torch.cat([flat, torch.ones(1, C, 2, W)], 2), torch.ones(1, C, H + 2, 3)], 3)
+    with torch.no_grad():
+        torch.testing.assert_close(rem.image_features(padded)[..., :H, :W], f)
+    rem.save_pretrained(tmp_path / "rem")
+    assert RegionEmbedder.from_pretrained(tmp_path / "rem").config.coordinates is True
+
+
 def test_bad_shapes_are_refused():
     rem = _rem()
     embeds, latents, mask = _inputs()
