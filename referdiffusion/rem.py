@@ -14,7 +14,10 @@ spatial context, then a 1x1 convolution projects to width D. `image_conv_layers=
 plain per-position projection (a 1x1 convolution 4 -> D). Convolutions see where a cell is only near the
 picture's border, while referring expressions name places ("the leftmost", "second from the top");
 `coordinates=True` adds each cell's position as two more input channels (CoordConv; off by default, as in
-the paper's REM).
+the paper's REM). The mask head compares each position with one vector pooled from the whole prompt; with
+`image_text_layers=N`, N cross-attention blocks first let every image position read the prompt's tokens
+(as referring-segmentation models fuse words and pixels), so F_s itself depends on the prompt. 0 (the
+default) is the paper's REM.
 
 Parts (names as in the paper):
 - edit extractor: a self-attention block over F_P, masked mean pool, linear -> e_e (B x D);
@@ -116,6 +119,23 @@ class _SelfAttentionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class _CrossAttentionBlock(nn.Module):
+    """Pre-norm block in which image positions attend to the prompt's tokens: x + Attn(LN x, LN F_P),
+    then + MLP(LN x)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _mlp(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm_q(x), self.norm_kv(text), mask)
+        return x + self.mlp(self.norm2(x))
+
+
 def _mlp(dim: int, ratio: float) -> nn.Sequential:
     hidden = int(dim * ratio)
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -156,6 +176,7 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
         image_conv_layers: int = 2,
         coordinates: bool = False,
         coordinate_extent: float = 64.0,
+        image_text_layers: int = 0,
     ) -> None:
         super().__init__()
         d = text_dim
@@ -170,6 +191,9 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
             self.image_proj = nn.Sequential(*layers)
         else:
             self.image_proj = nn.Sequential(nn.Conv2d(in_channels, d, 1))
+        # image positions attending to the prompt before the mask head (none in the paper's REM)
+        self.image_text_blocks = nn.ModuleList(
+            [_CrossAttentionBlock(d, num_attention_heads, mlp_ratio) for _ in range(image_text_layers)])
         self.edit_block = _SelfAttentionBlock(d, num_attention_heads, mlp_ratio)
         self.edit_out = nn.Linear(d, d)
         self.refer_block = _SelfAttentionBlock(d, num_attention_heads, mlp_ratio)
@@ -225,6 +249,12 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
         f_er = masked_mean(self.refer_block(x, mask), mask)
 
         f_s = self.image_features(image_latents)  # B x D x h x w
+        if len(self.image_text_blocks):
+            b, d, h, w = f_s.shape
+            tokens = f_s.flatten(2).transpose(1, 2)  # B x hw x D
+            for block in self.image_text_blocks:
+                tokens = block(tokens, x, mask)
+            f_s = tokens.transpose(1, 2).reshape(b, d, h, w)
         kernel = self.mask_mlp(f_er)  # B x D
         logits = torch.einsum("bdhw,bd->bhw", f_s, kernel) / math.sqrt(f_s.shape[1]) + self.mask_bias
         weights = torch.sigmoid(logits).unsqueeze(1)  # B x 1 x h x w

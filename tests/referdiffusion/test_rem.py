@@ -73,14 +73,15 @@ def test_mask_head_and_vision_embedding_match_their_definitions():
             torch.testing.assert_close(out.referring_embedding[b], rem.refer_mlp(out.referring_feature[b]))
 
 
-def test_padding_tokens_do_not_reach_the_pooled_embeddings():
-    rem = _rem()
+@pytest.mark.parametrize("image_text_layers", [0, 2])
+def test_padding_tokens_do_not_reach_the_pooled_embeddings(image_text_layers):
+    rem = _rem(image_text_layers=image_text_layers)
     embeds, latents, mask = _inputs()
     changed = embeds.clone()
     changed[0, 7:] += 5.0  # only padding positions of sample 0
     with torch.no_grad():
         a, b = rem(embeds, latents, mask), rem(changed, latents, mask)
-    for name in ("edit_embedding", "referring_feature", "referring_embedding", "vision_embedding"):
+    for name in ("edit_embedding", "referring_feature", "referring_embedding", "vision_embedding", "mask_logits"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name))
     # ...while they do matter without the mask
     with torch.no_grad():
@@ -117,6 +118,25 @@ def test_coordinate_channels_tell_places_apart_and_ignore_padding(tmp_path):
         torch.testing.assert_close(rem.image_features(padded)[..., :H, :W], f)
     rem.save_pretrained(tmp_path / "rem")
     assert RegionEmbedder.from_pretrained(tmp_path / "rem").config.coordinates is True
+
+
+def test_image_text_layers_let_each_position_read_the_prompt():
+    rem = _rem(image_text_layers=1)
+    assert len(rem.image_text_blocks) == 1 and len(_rem().image_text_blocks) == 0
+    embeds, latents, mask = _inputs()
+    with torch.no_grad():
+        out = rem(embeds, latents, mask)
+        torch.testing.assert_close(out.condition, embeds)  # the zero gate still returns F_P
+        # the mask is no longer <F_s(p), k> with F_s from the latent alone: rebuild that and compare
+        plain = rem.image_features(latents)
+        kernel = rem.mask_mlp(out.referring_feature)
+        plain_logits = torch.einsum("bdhw,bd->bhw", plain, kernel) / math.sqrt(D) + rem.mask_bias
+        assert not torch.allclose(plain_logits, out.mask_logits)
+        # ...the cross-attention block applied to F_s's positions gives it back
+        tokens = rem.image_text_blocks[0](plain.flatten(2).transpose(1, 2), embeds, mask)
+        fused = tokens.transpose(1, 2).reshape(plain.shape)
+        expected = torch.einsum("bdhw,bd->bhw", fused, kernel) / math.sqrt(D) + rem.mask_bias
+        torch.testing.assert_close(out.mask_logits, expected)
 
 
 def test_bad_shapes_are_refused():
