@@ -7,7 +7,9 @@ costs the REM's own forward and backward only, and many more samples fit in an h
 mask is scored on val through the pipeline's own path (`ReferDiffusionPipeline.generate_mask`, the working
 size 64 x 48, threshold 0.5, nearest back to 128 x 96) against the benchmark's M, and on as many train
 edits, so the log says whether the REM underfits or fails to generalise; at the end `final.json` splits the
-val IoU by the kind of referring expression (attribute, location, size, ordinal).
+val IoU by the kind of referring expression (attribute, location, size, ordinal) and says how often the mask
+is closest to the referred object rather than another object of the picture (did the REM pick the right
+object, and how well does it draw it when it does).
 
 It answers where the rows' REM mask IoU is lost: if a REM trained alone for long reaches the target, the
 rows' budget (and what the UNet's loss does to the shared REM) is what limits it; if it does not, the REM's
@@ -86,19 +88,21 @@ def cache_features(rows_root: Path, out: Path, resolution: int = 64, limit: int 
     return cache
 
 
-def _val_inputs(data: Path, role: str, limit: int, size: int) -> tuple[list, list[str], np.ndarray, list[str]]:
-    """The first `limit` edits of `role`: sources at the working size, prompts, the benchmark's M, and the
-    kind of each referring expression (attribute, location, size, ordinal: RefShapes' categories)."""
+def _val_inputs(data: Path, role: str, limit: int, size: int,
+                objects: bool = False) -> tuple[list, list[str], np.ndarray, list[str], list[np.ndarray]]:
+    """The first `limit` edits of `role`: sources at the working size, prompts, the benchmark's M, the kind
+    of each referring expression (attribute, location, size, ordinal: RefShapes' categories), and with
+    `objects` every object of each picture drawn as M is (K x H x W, the referred one first)."""
     from PIL import Image
 
     from refcoco_edit.pipelines.base import working_size
     from refcoco_edit.refshapes.expressions import CATEGORY, parse_expression
-    from referdiffusion.study.data import RefShapesStudy
+    from referdiffusion.study.data import RefShapesStudy, downsample_mask_area
     from referdiffusion.study.export import binary_object_mask
 
     study = RefShapesStudy(data)
     records = study.edits(role)[:limit]
-    images, prompts, masks, kinds = [], [], [], []
+    images, prompts, masks, kinds, scenes = [], [], [], [], []
     for r in records:
         im = Image.fromarray(study.source(r.image_id))
         work = working_size(im.size, size)
@@ -106,24 +110,60 @@ def _val_inputs(data: Path, role: str, limit: int, size: int) -> tuple[list, lis
         prompts.append(study.prompt(r).prompt)
         masks.append(binary_object_mask(study.object_mask(r)))
         kinds.append(CATEGORY[parse_expression(study.sentence(r)).relation])
-    return images, prompts, np.stack(masks).astype(bool), kinds
+        if objects:
+            others = [a["id"] for a in study.refer.image_anns(r.image_id) if a["id"] != r.ann_id]
+            scenes.append(np.stack([masks[-1]] + [binary_object_mask(downsample_mask_area(
+                study.refer.ann_mask(a), study.size)) for a in others]).astype(bool))
+    return images, prompts, np.stack(masks).astype(bool), kinds, scenes
 
 
-def mask_iou(pipe: Any, images: list, prompts: list[str], masks: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Per-edit IoU of the pipeline's REM mask (nearest to M's size) with M."""
-    import torch
+def predicted_masks(pipe: Any, images: list, prompts: list[str], full_hw: tuple[int, int],
+                    batch: int = 64) -> np.ndarray:
+    """N x H x W bool: the pipeline's REM masks (threshold 0.5), nearest to the dataset's size."""
     import torch.nn.functional as F
 
-    full_hw = masks.shape[1:]
     out = []
     for lo in range(0, len(images), batch):
         probs = pipe.generate_mask(prompts[lo:lo + batch], images[lo:lo + batch], output_type="pt")
-        pred = F.interpolate((probs > 0.5).float().unsqueeze(1), size=full_hw, mode="nearest-exact").squeeze(1) > 0.5
-        m = torch.as_tensor(masks[lo:lo + batch])
-        inter = (pred & m).sum((1, 2)).float()
-        union = (pred | m).sum((1, 2)).float()
-        out.append((inter / union.clamp_min(1)).numpy())
+        pred = F.interpolate((probs > 0.5).float().unsqueeze(1), size=full_hw, mode="nearest-exact").squeeze(1)
+        out.append(pred.numpy() > 0.5)
     return np.concatenate(out)
+
+
+def iou(pred: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """IoU over the last two axes (0 when both are empty)."""
+    inter = (pred & masks).sum((-2, -1))
+    union = (pred | masks).sum((-2, -1))
+    return inter / np.maximum(union, 1)
+
+
+def mask_iou(pipe: Any, images: list, prompts: list[str], masks: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Per-edit IoU of the pipeline's REM mask with M."""
+    return iou(predicted_masks(pipe, images, prompts, masks.shape[1:], batch), masks)
+
+
+def final_scores(pipe: Any, data: Path, cfg: ProbeConfig) -> dict[str, Any]:
+    """The val IoU with M by kind of expression, and which object of its picture each mask is closest to."""
+    from referdiffusion.study.measure import bootstrap_ci
+
+    images, prompts, masks, kinds, scenes = _val_inputs(data, "val", cfg.eval_limit, cfg.resolution, objects=True)
+    pred = predicted_masks(pipe, images, prompts, masks.shape[1:])
+    ious, kinds_arr = iou(pred, masks), np.asarray(kinds)
+
+    def interval(values: np.ndarray) -> list[float]:
+        ci = bootstrap_ci(values)
+        return [round(ci.value, 4), round(ci.low, 4), round(ci.high, 4)]
+
+    # closest object: the picture's object the mask overlaps best (IoU); the referred one is index 0
+    per_object = [iou(p[None], scene) for p, scene in zip(pred, scenes)]
+    picks = np.array([float(o.max() > 0 and int(o.argmax()) == 0) for o in per_object])
+    out: dict[str, Any] = {"val_edits": len(ious), "objects_per_picture": float(np.mean([len(s) for s in scenes])),
+                           "picks_referred_object": interval(picks),
+                           "iou_when_picked": interval(ious[picks == 1]) if picks.any() else None}
+    for kind in ["all", *sorted(set(kinds))]:
+        sel = np.ones(len(ious), bool) if kind == "all" else kinds_arr == kind
+        out[kind] = {"n": int(sel.sum()), "iou": interval(ious[sel]), "picks_referred_object": interval(picks[sel])}
+    return out
 
 
 def _fresh_rem(base: Any, changes: str, seed: int) -> Any:
@@ -177,7 +217,7 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     step, log = 0, []
     if state_path.is_file():
         state = torch.load(state_path)
-        if state["config"] != asdict(cfg):
+        if {**asdict(ProbeConfig()), **state["config"]} != asdict(cfg):  # settings added later: their defaults
             raise InputError(f"{out} was trained with another configuration: {state['config']}")
         rem.load_state_dict(state["rem"])
         opt.load_state_dict(state["opt"])
@@ -189,7 +229,7 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     def evaluate(loss: float) -> dict[str, Any]:
         rem.eval()
         entry: dict[str, Any] = {"step": step, "loss": None if math.isnan(loss) else round(loss, 4)}
-        for name, (images, prompts, masks, _) in (("val", val), ("train", train_check)):
+        for name, (images, prompts, masks, _, _) in (("val", val), ("train", train_check)):
             ci = bootstrap_ci(mask_iou(pipe, images, prompts, masks))
             entry[f"{name}_iou"] = [round(ci.value, 4), round(ci.low, 4), round(ci.high, 4)]
         rem.train()
@@ -232,13 +272,7 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     if step == cfg.steps:
         rem.save_pretrained(out / "rem")
         rem.eval()
-        images, prompts, masks, kinds = val
-        ious, kinds_arr = mask_iou(pipe, images, prompts, masks), np.asarray(kinds)
-        final: dict[str, Any] = {"step": step, "val_edits": len(ious)}
-        for kind in ["all", *sorted(set(kinds))]:
-            values = ious if kind == "all" else ious[kinds_arr == kind]
-            ci = bootstrap_ci(values)
-            final[kind] = {"n": int(values.size), "iou": [round(ci.value, 4), round(ci.low, 4), round(ci.high, 4)]}
+        final = {"step": step, **final_scores(pipe, data, cfg)}
         (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
         print(json.dumps(final), flush=True)
     return log

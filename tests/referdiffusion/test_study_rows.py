@@ -204,11 +204,29 @@ def test_rem_probe_learns_the_mask_alone_and_resumes_bit_for_bit(refshapes, expo
 
     assert scores(resumed) == scores(straight) and (tmp_path / "b" / "rem" / "config.json").is_file()
     final = json.loads((tmp_path / "b" / "final.json").read_text())
-    kinds = [k for k in final if k not in ("step", "val_edits", "all")]
+    kinds = [k for k in ("attribute", "location", "ordinal", "size") if k in final]
     assert final["all"]["iou"][0] == straight[-1]["val_iou"][0] and final["all"]["n"] == final["val_edits"]
     assert kinds and sum(final[k]["n"] for k in kinds) == final["val_edits"]
+    assert 0 <= final["picks_referred_object"][0] <= 1 and final["objects_per_picture"] >= 1
     a = torch.load(tmp_path / "a" / "state.pt")["rem"]
     b = torch.load(tmp_path / "b" / "state.pt")["rem"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(InputError, match="another configuration"):
         train(tmp_path / "rows", refshapes, tmp_path / "a", ProbeConfig(steps=40, batch_size=4))
+
+
+def test_rem_probe_iou_and_object_picks_against_a_direct_count():
+    from referdiffusion.study.rem_probe import iou
+
+    rng = np.random.default_rng(0)
+    pred = rng.random((5, 6, 7)) > 0.5
+    masks = rng.random((5, 6, 7)) > 0.6
+    expected = [np.logical_and(p, m).sum() / max(np.logical_or(p, m).sum(), 1) for p, m in zip(pred, masks)]
+    np.testing.assert_allclose(iou(pred, masks), expected)
+    assert iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 0
+    # one mask against a picture's objects (K x H x W): the best-overlapping object's index
+    scene = np.zeros((3, 4, 4), bool)
+    scene[0, :2, :2], scene[1, 2:, 2:], scene[2, :2, 2:] = True, True, True
+    guess = np.zeros((4, 4), bool)
+    guess[2:, 1:] = True
+    assert int(iou(guess[None], scene).argmax()) == 1
