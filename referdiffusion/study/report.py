@@ -7,7 +7,7 @@ gets), with the same sampler for all: the checkpoint's DDIM, `steps` steps, guid
 referring prompt as is (the fine-tune row through the `ip2p` method, which gives a model trained here the
 prompt it was trained on, without the instruction suffix). Beside them: identity, the oracle `seg_inpaint`, the
 reference edit, and the reference edit through `refshapes-vae` at 64 px, the ceiling of any editor that
-decodes through that VAE at that size.
+decodes through that VAE at that size (and at 128 px, the size the VAE was trained at).
 
     python -m referdiffusion.study.report evaluate --dataset EDITS --out EVAL [--limit 1200] [--steps 20]
     python -m referdiffusion.study.report table --out EVAL          # the markdown table (Table 2 layout)
@@ -67,6 +67,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("reference", "reference edit (ceiling)", ("--method", "reference")),
     Entry("reference_vae", "reference edit through refshapes-vae at 64 px (latent editors' ceiling)",
           ("--method", "reference", "--method-option", "vae=refshapes-vae", "--size", "64")),
+    Entry("reference_vae128", "reference edit through refshapes-vae at 128 px (the VAE's own size)",
+          ("--method", "reference", "--method-option", "vae=refshapes-vae", "--size", "128")),
 )
 
 
