@@ -19,6 +19,7 @@ inputs (the frozen random text features, the latent's detail) or its design do.
 
 `ROWS` is a rows folder (`study.rows prepare`): its starting checkpoint (`base`, whose REM is the starting
 point) and its 64 px dataset. Resumes from DIR after a kill; prints one JSON line per evaluation.
+`--grid PROBE_DIR ... --out masks.png` draws finished probes' masks on the first val edits instead.
 """
 
 from __future__ import annotations
@@ -166,6 +167,52 @@ def final_scores(pipe: Any, data: Path, cfg: ProbeConfig) -> dict[str, Any]:
     return out
 
 
+TINTS = {"M": (0, 200, 0), "REM": (230, 0, 0)}
+
+
+def tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """`image` (H x W x 3 uint8) with the pixels of `mask` half-way to `colour`: the mask drawn over the picture."""
+    out = image.astype(np.float32)
+    out[mask] = 0.5 * out[mask] + 0.5 * np.asarray(colour, np.float32)
+    return np.round(out).astype(np.uint8)
+
+
+def mask_grid(rows_root: Path, data: Path, probes: list[Path], path: Path, count: int = 8,
+              resolution: int = 64) -> Path:
+    """The first `count` val edits, one line each: the source, M (green), then each finished probe's REM mask
+    (red), at the dataset's size; the prompts go to `path` with a .txt suffix. Shows what the IoU and the
+    object picks count: the wrong object chosen, or the right one drawn roughly."""
+    from PIL import Image, ImageDraw
+
+    from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
+    from referdiffusion.rem import RegionEmbedder
+    from referdiffusion.study.data import RefShapesStudy
+
+    images, prompts, masks, _, _ = _val_inputs(data, "val", count, resolution)
+    study = RefShapesStudy(data)
+    sources = [np.asarray(Image.fromarray(study.source(r.image_id)).convert("RGB"))
+               for r in study.edits("val")[:count]]
+    pipe = ReferDiffusionPipeline.from_pretrained(rows_root / "base")
+    pipe.set_progress_bar_config(disable=True)
+    columns = [("source", sources), ("M", [tint(s, m, TINTS["M"]) for s, m in zip(sources, masks)])]
+    for probe in probes:
+        pipe.rem = RegionEmbedder.from_pretrained(probe / "rem").float().eval()
+        pred = predicted_masks(pipe, images, prompts, masks.shape[1:])
+        columns.append((probe.name, [tint(s, m, TINTS["REM"]) for s, m in zip(sources, pred)]))
+    h, w = masks.shape[1:]
+    pad, top = 4, 14
+    canvas = Image.new("RGB", (len(columns) * (w + pad) + pad, top + len(sources) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, (title, cells) in enumerate(columns):
+        draw.text((pad + j * (w + pad), 1), title, fill="black")
+        for i, cell in enumerate(cells):
+            canvas.paste(Image.fromarray(cell), (pad + j * (w + pad), top + pad + i * (h + pad)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    path.with_suffix(".txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(prompts)))
+    return path
+
+
 def _fresh_rem(base: Any, changes: str, seed: int) -> Any:
     """A new REM of `base`'s config with `changes` ("image_conv_layers=4,coordinates=true", values as JSON)."""
     import torch
@@ -284,11 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, type=Path, help="the RefShapes folder")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stop-at", type=int, help="stop after this step's evaluation (resume later)")
+    p.add_argument("--grid", action="append", type=Path, metavar="PROBE",
+                   help="draw these finished probes' masks on the first val edits into OUT (a .png) instead of "
+                        "training (repeatable)")
     defaults = ProbeConfig()
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = p.parse_args(argv)
     cfg = ProbeConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    if args.grid:
+        missing = [str(d) for d in args.grid if not (d / "rem" / "config.json").is_file()]
+        if missing:
+            raise InputError(f"--grid: no finished probe (its rem/ folder) in {', '.join(missing)}")
+        print(mask_grid(args.root, args.data, args.grid, args.out, resolution=cfg.resolution))
+        return 0
     train(args.root, args.data, args.out, cfg, args.stop_at)
     return 0
 

@@ -214,6 +214,26 @@ def test_rem_probe_learns_the_mask_alone_and_resumes_bit_for_bit(refshapes, expo
     with pytest.raises(InputError, match="another configuration"):
         train(tmp_path / "rows", refshapes, tmp_path / "a", ProbeConfig(steps=40, batch_size=4))
 
+    # the picture of the masks: source, M, then each probe's mask; its red pixels are the scored masks
+    from PIL import Image
+
+    from referdiffusion.study.rem_probe import _val_inputs, iou, mask_grid
+
+    png = mask_grid(tmp_path / "rows", refshapes, [tmp_path / "a", tmp_path / "b"], tmp_path / "m.png", count=4)
+    _, prompts, masks, _, _ = _val_inputs(refshapes, "val", 4, 64)
+    n, h, w = masks.shape  # the fixture's val split holds fewer than 4 edits
+    grid = np.asarray(Image.open(png).convert("RGB"))
+    assert grid.shape == (14 + n * (h + 4) + 4, 4 * (w + 4) + 4, 3)
+
+    def cell(i, j):
+        return grid[18 + i * (h + 4):18 + i * (h + 4) + h, 4 + j * (w + 4):4 + j * (w + 4) + w].astype(int)
+
+    drawn = {j: np.stack([np.abs(cell(i, j) - cell(i, 0)).sum(-1) > 0 for i in range(n)]) for j in (1, 2, 3)}
+    np.testing.assert_array_equal(drawn[1], masks)  # M, in green
+    np.testing.assert_array_equal(drawn[2], drawn[3])  # the same weights draw the same mask
+    assert round(float(iou(drawn[2], masks).mean()), 4) == final["all"]["iou"][0]
+    assert (tmp_path / "m.txt").read_text().splitlines()[0] == f"0: {prompts[0]}"
+
 
 def test_rem_probe_iou_and_object_picks_against_a_direct_count():
     from referdiffusion.study.rem_probe import iou
