@@ -167,38 +167,44 @@ def final_scores(pipe: Any, data: Path, cfg: ProbeConfig) -> dict[str, Any]:
     return out
 
 
-TINTS = {"M": (0, 200, 0), "REM": (230, 0, 0)}
+TINT = (255, 0, 255)  # magenta: in no RefShapes colour or background, so a mask shows on every object
 
 
-def tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """`image` (H x W x 3 uint8) with the pixels of `mask` half-way to `colour`: the mask drawn over the picture."""
+def tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = TINT) -> np.ndarray:
+    """`image` (H x W x 3 uint8) with the pixels of `mask` most of the way to `colour`: the mask over the picture."""
     out = image.astype(np.float32)
-    out[mask] = 0.5 * out[mask] + 0.5 * np.asarray(colour, np.float32)
+    out[mask] = 0.35 * out[mask] + 0.65 * np.asarray(colour, np.float32)
     return np.round(out).astype(np.uint8)
 
 
 def mask_grid(rows_root: Path, data: Path, probes: list[Path], path: Path, count: int = 8,
               resolution: int = 64) -> Path:
-    """The first `count` val edits, one line each: the source, M (green), then each finished probe's REM mask
-    (red), at the dataset's size; the prompts go to `path` with a .txt suffix. Shows what the IoU and the
-    object picks count: the wrong object chosen, or the right one drawn roughly."""
+    """One line for each of the first `count` referred objects of val (the first edit of each): the source, M,
+    then each finished probe's REM mask, drawn over the picture at the dataset's size; the prompts go to
+    `path` with a .txt suffix. Shows what the IoU and the object picks count: the wrong object chosen, or the
+    right one drawn roughly."""
     from PIL import Image, ImageDraw
 
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.rem import RegionEmbedder
     from referdiffusion.study.data import RefShapesStudy
 
-    images, prompts, masks, _, _ = _val_inputs(data, "val", count, resolution)
     study = RefShapesStudy(data)
-    sources = [np.asarray(Image.fromarray(study.source(r.image_id)).convert("RGB"))
-               for r in study.edits("val")[:count]]
+    records, first = study.edits("val"), {}
+    for i, r in enumerate(records):
+        if len(first) < count:
+            first.setdefault((r.image_id, r.ann_id), i)
+    keep = sorted(first.values())
+    images, prompts, masks, _, _ = _val_inputs(data, "val", keep[-1] + 1, resolution)
+    images, prompts, masks = [images[i] for i in keep], [prompts[i] for i in keep], masks[keep]
+    sources = [np.asarray(Image.fromarray(study.source(records[i].image_id)).convert("RGB")) for i in keep]
     pipe = ReferDiffusionPipeline.from_pretrained(rows_root / "base")
     pipe.set_progress_bar_config(disable=True)
-    columns = [("source", sources), ("M", [tint(s, m, TINTS["M"]) for s, m in zip(sources, masks)])]
+    columns = [("source", sources), ("M", [tint(s, m) for s, m in zip(sources, masks)])]
     for probe in probes:
         pipe.rem = RegionEmbedder.from_pretrained(probe / "rem").float().eval()
         pred = predicted_masks(pipe, images, prompts, masks.shape[1:])
-        columns.append((probe.name, [tint(s, m, TINTS["REM"]) for s, m in zip(sources, pred)]))
+        columns.append((probe.name, [tint(s, m) for s, m in zip(sources, pred)]))
     h, w = masks.shape[1:]
     pad, top = 4, 14
     canvas = Image.new("RGB", (len(columns) * (w + pad) + pad, top + len(sources) * (h + pad) + pad), "white")
