@@ -11,6 +11,9 @@ val IoU by the kind of referring expression (attribute, location, size, ordinal)
 is closest to the referred object rather than another object of the picture (did the REM pick the right
 object, and how well does it draw it when it does).
 
+`--train-text` trains the text encoder with the REM, on the same loss, instead of reading the cached features
+of the frozen one: whether features learned from RefShapes prompts let the REM pick the referred object.
+
 It answers where the rows' REM mask IoU is lost: if a REM trained alone for long reaches the target, the
 rows' budget (and what the UNet's loss does to the shared REM) is what limits it; if it does not, the REM's
 inputs (the frozen random text features, the latent's detail) or its design do.
@@ -52,6 +55,7 @@ class ProbeConfig:
     resolution: int = 64  # the rows' working size
     train_limit: int = 0  # the first N train edits only (0: all)
     rem_config: str = ""  # "key=value,...": a fresh REM with the base's config changed so (seeded by `seed`)
+    train_text: bool = False  # train the text encoder with the REM (on L_mask) instead of reading cached F_P
 
 
 def cache_features(rows_root: Path, out: Path, resolution: int = 64, limit: int = 0,
@@ -87,6 +91,18 @@ def cache_features(rows_root: Path, out: Path, resolution: int = 64, limit: int 
     out.mkdir(parents=True, exist_ok=True)
     torch.save(cache, path)
     return cache
+
+
+def train_token_ids(rows_root: Path, tokenizer: Any, limit: int = 0, max_length: int = 32) -> Any:
+    """Token ids of every train edit's prompt, in the cache's order (the dataset's), read without decoding any
+    image: what a text encoder trained with the REM reads instead of the cached F_P."""
+    from referdiffusion.text import tokenize
+    from referdiffusion.train.data import open_dataset, stage_prompt
+
+    ds = open_dataset(str(rows_root / "data" / "edits-128"), "train", limit or None)
+    rows = ds.select_columns(["sample_id", "prompt", "edit_spans"])
+    prompts = [stage_prompt(r, None, str(r["sample_id"]))[0] for r in rows]
+    return tokenize(tokenizer, prompts, max_length)
 
 
 def _val_inputs(data: Path, role: str, limit: int, size: int,
@@ -201,8 +217,12 @@ def mask_grid(rows_root: Path, data: Path, probes: list[Path], path: Path, count
     pipe = ReferDiffusionPipeline.from_pretrained(rows_root / "base")
     pipe.set_progress_bar_config(disable=True)
     columns = [("source", sources), ("M", [tint(s, m) for s, m in zip(sources, masks)])]
+    text_encoder = pipe.text_encoder
     for probe in probes:
         pipe.rem = RegionEmbedder.from_pretrained(probe / "rem").float().eval()
+        trained_text = probe / "text_encoder"
+        pipe.text_encoder = (type(text_encoder).from_pretrained(trained_text).float().eval()
+                             if trained_text.is_dir() else text_encoder)
         pred = predicted_masks(pipe, images, prompts, masks.shape[1:])
         columns.append((probe.name, [tint(s, m) for s, m in zip(sources, pred)]))
     h, w = masks.shape[1:]
@@ -258,7 +278,15 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     if cfg.rem_config:
         pipe.rem = _fresh_rem(pipe.rem, cfg.rem_config, cfg.seed)
     rem = pipe.rem.float().train()
-    opt = torch.optim.AdamW(rem.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    params = list(rem.parameters())
+    text = None
+    if cfg.train_text:
+        tokens = train_token_ids(rows_root, pipe.tokenizer, cfg.train_limit)
+        if not torch.equal(tokens["attention_mask"].bool(), cache["token_mask"]):
+            raise InputError(f"{rows_root}: the train prompts do not match the cached features; remove the cache")
+        text = pipe.text_encoder.float().train()
+        params += list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -273,6 +301,8 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
         if {**asdict(ProbeConfig()), **state["config"]} != asdict(cfg):  # settings added later: their defaults
             raise InputError(f"{out} was trained with another configuration: {state['config']}")
         rem.load_state_dict(state["rem"])
+        if text is not None:
+            text.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, log = state["step"], state["log"]
@@ -281,11 +311,15 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
 
     def evaluate(loss: float) -> dict[str, Any]:
         rem.eval()
+        if text is not None:
+            text.eval()
         entry: dict[str, Any] = {"step": step, "loss": None if math.isnan(loss) else round(loss, 4)}
         for name, (images, prompts, masks, _, _) in (("val", val), ("train", train_check)):
             ci = bootstrap_ci(mask_iou(pipe, images, prompts, masks))
             entry[f"{name}_iou"] = [round(ci.value, 4), round(ci.low, 4), round(ci.high, 4)]
         rem.train()
+        if text is not None:
+            text.train()
         return entry
 
     if step == 0 and not log:
@@ -299,7 +333,8 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     while step < min(cfg.steps, stop_at or cfg.steps):
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
         latents = cache["latents"][idx]
-        res = rem(cache["embeds"][idx].float(), latents, cache["token_mask"][idx].long())
+        embeds = text(tokens["input_ids"][idx])[0] if text is not None else cache["embeds"][idx].float()
+        res = rem(embeds, latents, cache["token_mask"][idx].long())
         target = cache["mask"][idx].float()
         logits = res.mask_logits
         if cfg.mask_resolution == "image":
@@ -309,7 +344,7 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
         loss = mask_loss(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(rem.parameters(), cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         sched.step()
         step += 1
@@ -319,12 +354,18 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
             log.append({**evaluate(float(np.mean(losses))), "s_per_step": per_step})
             losses, start = [], time.time()
             print(json.dumps(log[-1]), flush=True)
-            torch.save({"config": asdict(cfg), "rem": rem.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "step": step, "log": log}, state_path)
+            state = {"config": asdict(cfg), "rem": rem.state_dict(), "opt": opt.state_dict(),
+                     "sched": sched.state_dict(), "step": step, "log": log}
+            if text is not None:
+                state["text_encoder"] = text.state_dict()
+            torch.save(state, state_path)
             log_path.write_text("".join(json.dumps(e) + "\n" for e in log))
     if step == cfg.steps:
         rem.save_pretrained(out / "rem")
         rem.eval()
+        if text is not None:
+            text.save_pretrained(out / "text_encoder")
+            text.eval()
         final = {"step": step, **final_scores(pipe, data, cfg)}
         (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
         print(json.dumps(final), flush=True)
@@ -342,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                         "training (repeatable)")
     defaults = ProbeConfig()
     for name, value in asdict(defaults).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        if isinstance(value, bool):
+            p.add_argument(f"--{name.replace('_', '-')}", action="store_true")
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = p.parse_args(argv)
     cfg = ProbeConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     if args.grid:

@@ -245,6 +245,37 @@ def test_rem_probe_learns_the_mask_alone_and_resumes_bit_for_bit(refshapes, expo
     assert (tmp_path / "m.txt").read_text().splitlines() == [f"{i}: {p}" for i, p in enumerate(prompts)]
 
 
+def test_rem_probe_trains_the_text_encoder_with_the_rem_and_resumes(refshapes, exported, tmp_path):
+    from transformers import CLIPTextModel
+
+    from referdiffusion.study import rows
+    from referdiffusion.study.rem_probe import ProbeConfig, cache_features, train, train_token_ids
+
+    out, _ = exported
+    rows.prepare(tmp_path / "rows", refshapes, edits=out, synth=out)
+    base = CLIPTextModel.from_pretrained(tmp_path / "rows" / "base" / "text_encoder")
+    # the prompts' tokens line up with the cached features: frozen, they give the cached F_P
+    cache = cache_features(tmp_path / "rows", tmp_path / "a")
+    tokens = train_token_ids(tmp_path / "rows", _tokenizer(tmp_path / "rows" / "base"))
+    torch.testing.assert_close(base(tokens["input_ids"])[0].half(), cache["embeds"])
+    cfg = ProbeConfig(steps=20, batch_size=6, eval_every=10, eval_limit=4, learning_rate=5e-3, train_text=True)
+    straight = train(tmp_path / "rows", refshapes, tmp_path / "a", cfg)
+    train(tmp_path / "rows", refshapes, tmp_path / "b", cfg, stop_at=10)
+    resumed = train(tmp_path / "rows", refshapes, tmp_path / "b", cfg)
+    assert [e["val_iou"] for e in resumed] == [e["val_iou"] for e in straight]
+    trained = CLIPTextModel.from_pretrained(tmp_path / "b" / "text_encoder")
+    again = CLIPTextModel.from_pretrained(tmp_path / "a" / "text_encoder")
+    for (name, w), w1 in zip(trained.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(w, w1), name  # stopped and resumed: the straight run's weights
+    assert any(not torch.equal(w, w0) for w, w0 in zip(trained.parameters(), base.parameters()))
+
+
+def _tokenizer(folder):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(folder / "tokenizer")
+
+
 def test_rem_probe_iou_and_object_picks_against_a_direct_count():
     from referdiffusion.study.rem_probe import iou
 
