@@ -17,7 +17,9 @@ picture's border, while referring expressions name places ("the leftmost", "seco
 the paper's REM). The mask head compares each position with one vector pooled from the whole prompt; with
 `image_text_layers=N`, N cross-attention blocks first let every image position read the prompt's tokens
 (as referring-segmentation models fuse words and pixels), so F_s itself depends on the prompt. 0 (the
-default) is the paper's REM.
+default) is the paper's REM. `image_self_attention=True` starts each of those blocks with self-attention
+among the image positions, so that a position can compare itself with the whole picture ("the third from
+the left", "the bottommost"), which convolutions and per-position cross-attention cannot.
 
 Parts (names as in the paper):
 - edit extractor: a self-attention block over F_P, masked mean pool, linear -> e_e (B x D);
@@ -121,10 +123,13 @@ class _SelfAttentionBlock(nn.Module):
 
 class _CrossAttentionBlock(nn.Module):
     """Pre-norm block in which image positions attend to the prompt's tokens: x + Attn(LN x, LN F_P),
-    then + MLP(LN x)."""
+    then + MLP(LN x); with `self_attention`, first x + Attn(LN x, LN x) among the image positions."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, self_attention: bool = False) -> None:
         super().__init__()
+        if self_attention:
+            self.norm_self = nn.LayerNorm(dim)
+            self.self_attn = _Attention(dim, heads)
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.attn = _Attention(dim, heads)
@@ -132,6 +137,9 @@ class _CrossAttentionBlock(nn.Module):
         self.mlp = _mlp(dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if hasattr(self, "self_attn"):
+            y = self.norm_self(x)
+            x = x + self.self_attn(y, y, None)
         x = x + self.attn(self.norm_q(x), self.norm_kv(text), mask)
         return x + self.mlp(self.norm2(x))
 
@@ -177,6 +185,7 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
         coordinates: bool = False,
         coordinate_extent: float = 64.0,
         image_text_layers: int = 0,
+        image_self_attention: bool = False,
     ) -> None:
         super().__init__()
         d = text_dim
@@ -193,7 +202,8 @@ class RegionEmbedder(ModelMixin, ConfigMixin):
             self.image_proj = nn.Sequential(nn.Conv2d(in_channels, d, 1))
         # image positions attending to the prompt before the mask head (none in the paper's REM)
         self.image_text_blocks = nn.ModuleList(
-            [_CrossAttentionBlock(d, num_attention_heads, mlp_ratio) for _ in range(image_text_layers)])
+            [_CrossAttentionBlock(d, num_attention_heads, mlp_ratio, image_self_attention)
+             for _ in range(image_text_layers)])
         self.edit_block = _SelfAttentionBlock(d, num_attention_heads, mlp_ratio)
         self.edit_out = nn.Linear(d, d)
         self.refer_block = _SelfAttentionBlock(d, num_attention_heads, mlp_ratio)

@@ -139,6 +139,23 @@ def test_image_text_layers_let_each_position_read_the_prompt():
         torch.testing.assert_close(out.mask_logits, expected)
 
 
+def test_image_self_attention_lets_a_position_see_the_far_side_of_the_picture():
+    # per-position features and cross-attention to the prompt see one position (the convolutions a few,
+    # and their GroupNorm the picture's statistics, so they are left out here); self-attention among the
+    # positions sees all of them: change one corner, read the opposite one
+    embeds, _, mask = _inputs()
+    latents = torch.randn(2, C, 16, 16)
+    moved = latents.clone()
+    moved[:, :, 0, 0] += 3.0
+    for self_attention, reaches in ((False, False), (True, True)):
+        rem = _rem(image_conv_layers=0, image_text_layers=1, image_self_attention=self_attention)
+        with torch.no_grad():
+            far = rem(embeds, latents, mask).mask_logits[:, -1, -1]
+            far_moved = rem(embeds, moved, mask).mask_logits[:, -1, -1]
+        assert (not torch.allclose(far, far_moved)) == reaches
+    assert not hasattr(_rem(image_text_layers=1).image_text_blocks[0], "self_attn")  # no new weights by default
+
+
 def test_bad_shapes_are_refused():
     rem = _rem()
     embeds, latents, mask = _inputs()
