@@ -22,7 +22,7 @@ inputs (the frozen random text features, the latent's detail) or its design do.
 
 `ROWS` is a rows folder (`study.rows prepare`): its starting checkpoint (`base`, whose REM is the starting
 point) and its 64 px dataset. Resumes from DIR after a kill; prints one JSON line per evaluation.
-`--grid PROBE_DIR ... --out masks.png` draws finished probes' masks on the first val edits instead.
+`--grid PROBE_DIR ... --out masks.png` draws finished probes' masks over the first val objects instead.
 """
 
 from __future__ import annotations
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stop-at", type=int, help="stop after this step's evaluation (resume later)")
     p.add_argument("--grid", action="append", type=Path, metavar="PROBE",
-                   help="draw these finished probes' masks on the first val edits into OUT (a .png) instead of "
+                   help="draw these finished probes' masks over the first val objects into OUT (a .png) instead of "
                         "training (repeatable)")
     defaults = ProbeConfig()
     for name, value in asdict(defaults).items():
