@@ -199,11 +199,12 @@ def mask_grid(rows_root: Path, data: Path, probes: list[Path], path: Path, count
     then each finished probe's REM mask, drawn over the picture at the dataset's size; the prompts go to
     `path` with a .txt suffix. Shows what the IoU and the object picks count: the wrong object chosen, or the
     right one drawn roughly."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     from referdiffusion.pipeline_referdiffusion import ReferDiffusionPipeline
     from referdiffusion.rem import RegionEmbedder
     from referdiffusion.study.data import RefShapesStudy
+    from referdiffusion.study.report import titled_grid
 
     study = RefShapesStudy(data)
     records, first = study.edits("val"), {}
@@ -226,13 +227,7 @@ def mask_grid(rows_root: Path, data: Path, probes: list[Path], path: Path, count
         pred = predicted_masks(pipe, images, prompts, masks.shape[1:])
         columns.append((probe.name, [tint(s, m) for s, m in zip(sources, pred)]))
     h, w = masks.shape[1:]
-    pad, top = 4, 14
-    canvas = Image.new("RGB", (len(columns) * (w + pad) + pad, top + len(sources) * (h + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for j, (title, cells) in enumerate(columns):
-        draw.text((pad + j * (w + pad), 1), title, fill="black")
-        for i, cell in enumerate(cells):
-            canvas.paste(Image.fromarray(cell), (pad + j * (w + pad), top + pad + i * (h + pad)))
+    canvas = titled_grid([(title, [Image.fromarray(c) for c in cells]) for title, cells in columns], (w, h))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     path.with_suffix(".txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(prompts)))

@@ -198,26 +198,35 @@ def seeds_table(outs: list[Path | str]) -> str:
     return "\n".join(lines)
 
 
+def titled_grid(columns: list[tuple[str, list[Any]]], size: tuple[int, int]) -> Any:
+    """Columns of pictures (PIL images, each resized to `size`) under their titles, one line per sample: the
+    layout of the study's figures."""
+    from PIL import Image, ImageDraw
+
+    (w, h), pad, top = size, 4, 14
+    rows = max(len(cells) for _, cells in columns)
+    canvas = Image.new("RGB", (len(columns) * (w + pad) + pad, top + rows * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, (title, cells) in enumerate(columns):
+        draw.text((pad + j * (w + pad), 1), title, fill="black")
+        for i, img in enumerate(cells):
+            canvas.paste(img.convert("RGB").resize((w, h)), (pad + j * (w + pad), top + pad + i * (h + pad)))
+    return canvas
+
+
 def grid(out: Path | str, path: Path | str, count: int = 8) -> Path:
     """One line per test sample (the first `count` of the reference run): source, reference edit, the reference
     edit through the VAE, then each trained row's output, at the dataset's size."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     ref = Path(out) / "reference"
     samples = [json.loads(line) for line in (ref / "samples.jsonl").read_text().splitlines() if line][:count]
     columns = [("source", "identity"), ("reference", "reference"), ("through VAE", "reference_vae")] + [
         (e.key, e.key) for e in ENTRIES if e.trained]
     columns = [c for c in columns if (Path(out) / c[1] / "outputs").is_dir()]
-    first = Image.open(ref / "outputs" / f"{samples[0]['sample_id']}.png")
-    w, h = first.size
-    pad, top = 4, 14
-    canvas = Image.new("RGB", (len(columns) * (w + pad) + pad, top + len(samples) * (h + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for j, (title, key) in enumerate(columns):
-        draw.text((pad + j * (w + pad), 1), title, fill="black")
-        for i, s in enumerate(samples):
-            img = Image.open(Path(out) / key / "outputs" / f"{s['sample_id']}.png").convert("RGB")
-            canvas.paste(img.resize((w, h)), (pad + j * (w + pad), top + pad + i * (h + pad)))
+    size = Image.open(ref / "outputs" / f"{samples[0]['sample_id']}.png").size
+    canvas = titled_grid([(title, [Image.open(Path(out) / key / "outputs" / f"{s['sample_id']}.png")
+                                   for s in samples]) for title, key in columns], size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
