@@ -273,14 +273,14 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     if cfg.rem_config:
         pipe.rem = _fresh_rem(pipe.rem, cfg.rem_config, cfg.seed)
     rem = pipe.rem.float().train()
-    params = list(rem.parameters())
+    trained = {"rem": rem}  # what the optimiser moves, saved under these names
     text = None
     if cfg.train_text:
         tokens = train_token_ids(rows_root, pipe.tokenizer, cfg.train_limit)
         if not torch.equal(tokens["attention_mask"].bool(), cache["token_mask"]):
             raise InputError(f"{rows_root}: the train prompts do not match the cached features; remove the cache")
-        text = pipe.text_encoder.float().train()
-        params += list(text.parameters())
+        text = trained["text_encoder"] = pipe.text_encoder.float().train()
+    params = [p for module in trained.values() for p in module.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -295,9 +295,8 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
         state = torch.load(state_path)
         if {**asdict(ProbeConfig()), **state["config"]} != asdict(cfg):  # settings added later: their defaults
             raise InputError(f"{out} was trained with another configuration: {state['config']}")
-        rem.load_state_dict(state["rem"])
-        if text is not None:
-            text.load_state_dict(state["text_encoder"])
+        for name, module in trained.items():
+            module.load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, log = state["step"], state["log"]
@@ -305,16 +304,14 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
     train_check = _val_inputs(data, "train", cfg.eval_limit, cfg.resolution)
 
     def evaluate(loss: float) -> dict[str, Any]:
-        rem.eval()
-        if text is not None:
-            text.eval()
+        for module in trained.values():
+            module.eval()
         entry: dict[str, Any] = {"step": step, "loss": None if math.isnan(loss) else round(loss, 4)}
         for name, (images, prompts, masks, _, _) in (("val", val), ("train", train_check)):
             ci = bootstrap_ci(mask_iou(pipe, images, prompts, masks))
             entry[f"{name}_iou"] = [round(ci.value, 4), round(ci.low, 4), round(ci.high, 4)]
-        rem.train()
-        if text is not None:
-            text.train()
+        for module in trained.values():
+            module.train()
         return entry
 
     if step == 0 and not log:
@@ -349,18 +346,13 @@ def train(rows_root: Path, data: Path, out: Path, cfg: ProbeConfig, stop_at: int
             log.append({**evaluate(float(np.mean(losses))), "s_per_step": per_step})
             losses, start = [], time.time()
             print(json.dumps(log[-1]), flush=True)
-            state = {"config": asdict(cfg), "rem": rem.state_dict(), "opt": opt.state_dict(),
-                     "sched": sched.state_dict(), "step": step, "log": log}
-            if text is not None:
-                state["text_encoder"] = text.state_dict()
-            torch.save(state, state_path)
+            torch.save({"config": asdict(cfg), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                        "log": log, **{name: module.state_dict() for name, module in trained.items()}}, state_path)
             log_path.write_text("".join(json.dumps(e) + "\n" for e in log))
     if step == cfg.steps:
-        rem.save_pretrained(out / "rem")
-        rem.eval()
-        if text is not None:
-            text.save_pretrained(out / "text_encoder")
-            text.eval()
+        for name, module in trained.items():
+            module.save_pretrained(out / name)
+            module.eval()
         final = {"step": step, **final_scores(pipe, data, cfg)}
         (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
         print(json.dumps(final), flush=True)
